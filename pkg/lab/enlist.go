@@ -1,0 +1,55 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// EnlistUnknownMachine boots a BIOS machine with a MAC the region has never
+// seen and waits until it has enlisted and powered itself off. It returns
+// the machine as the region lists it; an error names the first boot step
+// that did not happen.
+func (s *Site) EnlistUnknownMachine(ctx context.Context, timeout time.Duration) (*VM, Machine, error) {
+	vm, err := s.Lab.StartBIOSVM(RandomMAC())
+	if err != nil {
+		return nil, Machine{}, err
+	}
+	mac := vm.MAC.String()
+	s.Lab.logf("booting %s (MAC %s); serial console in %s", vm.Name, mac, vm.Serial)
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	powerErr := vm.Wait(waitCtx)
+	if powerErr != nil {
+		vm.Stop()
+	}
+	// Racks send events in batches: give the last ones a moment to land.
+	var stepErr error
+	for range 20 {
+		var events []Event
+		if stepErr = s.CLIJSON(ctx, &events, "events", "list", "--mac", mac); stepErr == nil {
+			if stepErr = CheckSteps(events, EnlistmentSteps(mac)); stepErr == nil {
+				break
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if powerErr != nil || stepErr != nil {
+		return vm, Machine{}, fmt.Errorf("%s did not enlist: %w\nlast serial console lines:\n%s",
+			vm.Name, errors.Join(stepErr, powerErr), vm.SerialTail(25))
+	}
+	var machines []Machine
+	if err := s.CLIJSON(ctx, &machines, "machines", "list"); err != nil {
+		return vm, Machine{}, err
+	}
+	for _, m := range machines {
+		for _, a := range m.MACAddresses {
+			if strings.EqualFold(a, mac) {
+				return vm, m, nil
+			}
+		}
+	}
+	return vm, Machine{}, fmt.Errorf("machine with MAC %s is not in `ferrite machines list`", mac)
+}

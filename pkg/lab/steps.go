@@ -1,0 +1,81 @@
+package lab
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Event is one entry of `ferrite events list -o json`.
+type Event struct {
+	ID          int64  `json:"id"`
+	Time        string `json:"time"`
+	Type        string `json:"type"`
+	SystemID    string `json:"system_id"`
+	MAC         string `json:"mac"`
+	IP          string `json:"ip"`
+	Rack        string `json:"rack"`
+	Description string `json:"description"`
+}
+
+// Machine is one entry of `ferrite machines list -o json`.
+type Machine struct {
+	SystemID     string   `json:"system_id"`
+	Hostname     string   `json:"hostname"`
+	Status       string   `json:"status"`
+	Architecture string   `json:"architecture"`
+	MACAddresses []string `json:"mac_addresses"`
+	CPUCount     int      `json:"cpu_count"`
+	MemoryMB     int64    `json:"memory_mb"`
+}
+
+// Step is one thing a booting machine must be seen doing, in order.
+type Step struct {
+	Name  string
+	Match func(Event) bool
+}
+
+// EnlistmentSteps are the steps of an unknown BIOS machine enlisting,
+// as the region records them.
+func EnlistmentSteps(mac string) []Step {
+	is := func(typ, text string) func(Event) bool {
+		return func(e Event) bool {
+			return e.Type == typ && strings.EqualFold(e.MAC, mac) && strings.Contains(e.Description, text)
+		}
+	}
+	return []Step{
+		{"DHCP lease for the PXE ROM", is("DHCP_ACK", "")},
+		{"TFTP lpxelinux.0", is("TFTP_REQUEST", "lpxelinux.0")},
+		{"region answers with purpose enlist", is("BOOT_CONFIG", "enlist")},
+		{"kernel download", is("HTTP_REQUEST", "boot-kernel")},
+		{"initrd download", is("HTTP_REQUEST", "boot-initrd")},
+		{"agent enlists the machine", is("ENLISTED", "")},
+	}
+}
+
+// CheckSteps reports the first step not found in events after the step
+// before it. Events are ordered by the time they happened: racks send
+// theirs in batches, so arrival order differs.
+func CheckSteps(events []Event, steps []Step) error {
+	events = slices.Clone(events)
+	slices.SortStableFunc(events, func(a, b Event) int {
+		ta, _ := time.Parse(time.RFC3339Nano, a.Time)
+		tb, _ := time.Parse(time.RFC3339Nano, b.Time)
+		return ta.Compare(tb)
+	})
+	i := 0
+	for _, st := range steps {
+		found := false
+		for ; i < len(events); i++ {
+			if st.Match(events[i]) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("step %q did not happen", st.Name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,271 @@
+// Package preseed renders and parses the cloud-config a booted machine
+// fetches from its cloud-config-url: Ferrite's instructions for the
+// ephemeral agent (which job to do, where to enlist), the rack's syslog
+// target and what to do with the power afterwards.
+//
+// The document is the line "#cloud-config" followed by one JSON object.
+// JSON is YAML, so cloud-init reads the same document: it acts on the keys it
+// knows (rsyslog, power_state) and ignores "ferrite". Render is used by the
+// region; Parse by the agent. Parse(Render(p)) gives back what Render wrote.
+package preseed
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Header is the first line of every cloud-config document.
+const Header = "#cloud-config"
+
+// Jobs the agent knows.
+const (
+	JobEnlist     = "enlist"
+	JobCommission = "commission"
+	JobDeploy     = "deploy"
+	JobRescue     = "rescue"
+	JobPoweroff   = "poweroff"
+)
+
+// Power state modes.
+const (
+	PowerOff = "poweroff"
+	Reboot   = "reboot"
+)
+
+// DefaultLogPort is the rack's syslog port, used when LogHost is set and
+// LogPort is 0.
+const DefaultLogPort = 5247
+
+// Params is what the region knows when a machine asks for its cloud-config.
+type Params struct {
+	Job         string // enlist, commission, deploy, rescue, poweroff
+	SystemID    string
+	EnlistURL   string // where the agent POSTs itself (enlist job)
+	MetadataURL string // base metadata URL (later issues)
+	LogHost     string // rsyslog target; empty for none
+	LogPort     int    // 0 means DefaultLogPort when LogHost is set
+	PowerState  string // "poweroff", "reboot" or "" (stay up)
+}
+
+// Document is a decoded cloud-config as Render writes it. Keys it does not
+// name are ignored by Parse.
+type Document struct {
+	Ferrite    Instructions `json:"ferrite"`
+	Rsyslog    *Rsyslog     `json:"rsyslog,omitempty"`
+	PowerState *PowerState  `json:"power_state,omitempty"`
+}
+
+// Instructions tell the ephemeral agent what to do.
+type Instructions struct {
+	Job         string `json:"job"`
+	SystemID    string `json:"system_id,omitempty"`
+	EnlistURL   string `json:"enlist_url,omitempty"`
+	MetadataURL string `json:"metadata_url,omitempty"`
+}
+
+// Rsyslog is cloud-init's rsyslog module configuration. Remotes maps a name
+// to "host:port" ("[v6]:port"), sent over UDP.
+type Rsyslog struct {
+	Remotes map[string]string `json:"remotes"`
+}
+
+// PowerState is cloud-init's power_state module configuration, which the
+// agent obeys too. Condition is a shell command; power changes only when it
+// succeeds.
+type PowerState struct {
+	Delay     string `json:"delay"`
+	Mode      string `json:"mode"`
+	Timeout   int    `json:"timeout"`
+	Condition string `json:"condition,omitempty"`
+}
+
+// Render validates p and returns its cloud-config document: Header, a
+// newline, and the JSON object indented by two spaces with a trailing
+// newline.
+func Render(p Params) ([]byte, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("render preseed: %w", err)
+	}
+	doc := Document{Ferrite: Instructions{
+		Job:         p.Job,
+		SystemID:    p.SystemID,
+		EnlistURL:   p.EnlistURL,
+		MetadataURL: p.MetadataURL,
+	}}
+	if p.LogHost != "" {
+		port := p.LogPort
+		if port == 0 {
+			port = DefaultLogPort
+		}
+		doc.Rsyslog = &Rsyslog{Remotes: map[string]string{
+			"ferrite": net.JoinHostPort(p.LogHost, strconv.Itoa(port)),
+		}}
+	}
+	if p.PowerState != "" {
+		timeout := 1800
+		if p.Job == JobCommission && p.PowerState == PowerOff {
+			timeout = 3600
+		}
+		doc.PowerState = &PowerState{
+			Delay:     "now",
+			Mode:      p.PowerState,
+			Timeout:   timeout,
+			Condition: "test ! -e /tmp/block-" + p.PowerState,
+		}
+	}
+	return encode(doc)
+}
+
+func encode(doc Document) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteString(Header + "\n")
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // keep '&' in URLs readable
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(doc); err != nil { // Encode ends with a newline
+		return nil, fmt.Errorf("encode preseed: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Validate returns every problem with p at once.
+func (p Params) Validate() error {
+	var errs []error
+	for _, f := range []struct{ name, value string }{
+		{"Job", p.Job}, {"SystemID", p.SystemID}, {"EnlistURL", p.EnlistURL},
+		{"MetadataURL", p.MetadataURL}, {"LogHost", p.LogHost}, {"PowerState", p.PowerState},
+	} {
+		if err := checkText(f.name, f.value); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	switch p.Job {
+	case JobEnlist, JobCommission, JobDeploy, JobRescue, JobPoweroff:
+	default:
+		errs = append(errs, fieldErr("Job", p.Job, "unknown job (want enlist, commission, deploy, rescue or poweroff)"))
+	}
+	if p.Job == JobEnlist && p.EnlistURL == "" {
+		errs = append(errs, fieldErr("EnlistURL", "", "required for job enlist"))
+	}
+	if p.EnlistURL != "" {
+		if err := checkURL(p.EnlistURL); err != nil {
+			errs = append(errs, fieldErr("EnlistURL", p.EnlistURL, err.Error()))
+		}
+	}
+	if p.MetadataURL != "" {
+		if err := checkURL(p.MetadataURL); err != nil {
+			errs = append(errs, fieldErr("MetadataURL", p.MetadataURL, err.Error()))
+		}
+	}
+	if p.LogHost != "" {
+		if err := checkHost(p.LogHost); err != nil {
+			errs = append(errs, fieldErr("LogHost", p.LogHost, err.Error()))
+		}
+	}
+	if p.LogPort < 0 || p.LogPort > 65535 {
+		errs = append(errs, fieldErr("LogPort", strconv.Itoa(p.LogPort), "must be 0..65535"))
+	}
+	switch p.PowerState {
+	case "", PowerOff, Reboot:
+	default:
+		errs = append(errs, fieldErr("PowerState", p.PowerState, "want poweroff, reboot or empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// fieldErr names the Params field at fault.
+func fieldErr(field, value, reason string) error {
+	if len(value) > 80 {
+		value = value[:80] + "..."
+	}
+	return fmt.Errorf("%s %q: %s", field, value, reason)
+}
+
+// checkText rejects what JSON would carry but no field should hold: control
+// characters (line breaks included), and invalid UTF-8, which encoding/json
+// would silently replace.
+func checkText(field, v string) error {
+	if !utf8.ValidString(v) {
+		return fieldErr(field, v, "not valid UTF-8")
+	}
+	for i, r := range v {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
+			return fieldErr(field, v, fmt.Sprintf("control character %U at byte %d", r, i))
+		}
+	}
+	return nil
+}
+
+func checkURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.Unwrap(err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
+		return errors.New("must be an absolute http or https URL")
+	}
+	if strings.ContainsAny(v, " \t") {
+		return errors.New("must not contain spaces")
+	}
+	return nil
+}
+
+func checkHost(v string) error {
+	if addr, err := netip.ParseAddr(v); err == nil {
+		if addr.Zone() != "" {
+			return errors.New("IPv6 zones are not supported")
+		}
+		return nil
+	}
+	if len(v) > 253 {
+		return errors.New("DNS name longer than 253 bytes")
+	}
+	for _, label := range strings.Split(v, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("not an IP address or DNS name")
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return errors.New("not an IP address or DNS name")
+			}
+		}
+	}
+	return nil
+}
+
+// Parse decodes a cloud-config document as Render writes it: the Header line
+// (a trailing "\r" tolerated), then one JSON object and nothing else but
+// whitespace. Keys other than those of Document are ignored. The ferrite
+// key must be present with a job; Parse does not judge the job, so an agent
+// can report one it does not know.
+func Parse(b []byte) (Document, error) {
+	first, rest, _ := bytes.Cut(b, []byte("\n"))
+	if string(bytes.TrimSuffix(first, []byte("\r"))) != Header {
+		return Document{}, fmt.Errorf("parse preseed: first line is not %q", Header)
+	}
+	dec := json.NewDecoder(bytes.NewReader(rest))
+	var doc Document
+	if err := dec.Decode(&doc); err != nil {
+		return Document{}, fmt.Errorf("parse preseed: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Document{}, errors.New("parse preseed: data after the JSON object")
+	}
+	if doc.Ferrite.Job == "" {
+		return Document{}, errors.New("parse preseed: no ferrite.job")
+	}
+	return doc, nil
+}

@@ -1,0 +1,335 @@
+// Package bootfiles is the one handler the rack's TFTP and HTTP servers
+// share: it sanitises the requested path, answers dynamic boot loader
+// configs (pxelinux, GRUB, iPXE) from the region's GetBootConfig rendered
+// with pkg/bootparams, serves static loaders from the loader directories and
+// kernels/initrds from the content-addressed cache, and records an event per
+// request.
+package bootfiles
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrite-metal/ferrite/pkg/bootparams"
+	rackv1 "github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1"
+	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
+)
+
+// BootConfigGetter asks the region what a machine should boot. An error
+// with gRPC code NOT_FOUND means "no answer for this name".
+type BootConfigGetter interface {
+	GetBootConfig(ctx context.Context, req *rackv1.GetBootConfigRequest) (*rackv1.GetBootConfigResponse, error)
+}
+
+// FileCache returns the local path of a boot resource, fetching it first
+// when needed.
+type FileCache interface {
+	Ensure(ctx context.Context, f *rackv1.BootFile) (string, error)
+}
+
+// Leases maps an address to the MAC the rack's DHCP server leased it to.
+type Leases interface {
+	LeaseMAC(ip netip.Addr) (net.HardwareAddr, bool)
+}
+
+// EventRecorder queues an event for the region; it must not block.
+type EventRecorder interface {
+	Record(typ, mac, ip, description string)
+}
+
+// Protocols a Request arrives by.
+const (
+	ProtocolTFTP = "tftp"
+	ProtocolHTTP = "http"
+)
+
+// DefaultLoaderDirs are where Debian's pxelinux and syslinux-common put
+// lpxelinux.0 and the BIOS .c32 modules.
+var DefaultLoaderDirs = []string{"/usr/lib/PXELINUX", "/usr/lib/syslinux/modules/bios"}
+
+// Options configure a Handler.
+type Options struct {
+	Region     BootConfigGetter
+	Cache      FileCache
+	Leases     Leases        // optional
+	Events     EventRecorder // optional
+	LoaderDirs []string
+	HTTPPort   int // the rack's HTTP boot port, for URLs in configs
+	Log        *zap.Logger
+	Metrics    *metrics.Registry // optional
+}
+
+// Handler opens boot files.
+type Handler struct {
+	opts Options
+	m    *metrics.Registry
+}
+
+// New returns a Handler.
+func New(opts Options) *Handler {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.HTTPPort == 0 {
+		opts.HTTPPort = 5248
+	}
+	m := opts.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Handler{opts: opts, m: m}
+}
+
+// SetLeases installs the DHCP lease table once it exists.
+// It must be called before the handler serves requests.
+func (h *Handler) SetLeases(l Leases) { h.opts.Leases = l }
+
+// Request is one file request.
+type Request struct {
+	Path     string
+	LocalIP  netip.Addr // the rack address the request arrived on
+	RemoteIP netip.Addr
+	Protocol string // ProtocolTFTP or ProtocolHTTP
+}
+
+// File is an opened boot file. Close it.
+type File struct {
+	Content     io.ReadSeeker // an *os.File for loaders and images (sendfile)
+	Size        int64
+	Name        string // sanitised path, for logs and Content-Type guessing
+	ModTime     time.Time
+	ContentType string // set for generated configs
+	closer      io.Closer
+}
+
+// Close releases the file.
+func (f *File) Close() error {
+	if f.closer != nil {
+		return f.closer.Close()
+	}
+	return nil
+}
+
+// Open resolves a request. Errors are ErrNotFound, ErrBadPath, or another
+// error whose text must not be shown to clients.
+func (h *Handler) Open(ctx context.Context, req Request) (*File, error) {
+	p, err := ParsePath(req.Path)
+	if err != nil {
+		h.count(req.Protocol, "", err)
+		return nil, err
+	}
+	f, mac, err := h.open(ctx, p, req)
+	h.count(req.Protocol, p.Kind.String(), err)
+	if err != nil {
+		return nil, err
+	}
+	if mac == "" {
+		mac = h.leaseMAC(req.RemoteIP)
+	}
+	if h.opts.Events != nil {
+		typ := "TFTP_REQUEST"
+		if req.Protocol == ProtocolHTTP {
+			typ = "HTTP_REQUEST"
+		}
+		h.opts.Events.Record(typ, mac, addrString(req.RemoteIP), p.Clean)
+	}
+	return f, nil
+}
+
+func (h *Handler) count(proto, kind string, err error) {
+	result := "ok"
+	switch {
+	case errors.Is(err, ErrNotFound):
+		result = "not_found"
+	case errors.Is(err, ErrBadPath):
+		result = "bad_path"
+	case err != nil:
+		result = "error"
+	}
+	h.m.Counter("ferrite_rack_boot_requests_total", "Boot file requests by protocol, kind and result.",
+		"protocol", proto, "kind", kind, "result", result).Inc()
+}
+
+func (h *Handler) open(ctx context.Context, p Path, req Request) (*File, string, error) {
+	switch p.Kind {
+	case KindPXEConfig, KindGRUBConfig, KindIPXEConfig:
+		return h.dynamic(ctx, p, req)
+	case KindGRUBStatic:
+		return memFile(p.Clean, grubStatic), "", nil
+	case KindIPXEStatic:
+		return memFile(p.Clean, ipxeStatic), "", nil
+	case KindEmpty:
+		return memFile(p.Clean, nil), "", nil
+	case KindImage:
+		f, err := h.image(ctx, p)
+		return f, "", err
+	case KindLoader:
+		f, err := h.loader(p)
+		return f, "", err
+	}
+	return nil, "", ErrNotFound
+}
+
+// grubStatic is what GRUB's built-in prefix loads first: it chains to the
+// per-machine name, then to the default for this CPU.
+var grubStatic = []byte(`# Ferrite: chain to this machine's config, else the default for this CPU.
+set default="0"
+set timeout=0
+configfile /grub/grub.cfg-${net_default_mac}
+configfile /grub/grub.cfg-default-${grub_cpu}
+`)
+
+var ipxeStatic = []byte(`#!ipxe
+# Ferrite: chain to this machine's config, else the default for this CPU.
+chain ipxe.cfg-${mac} || chain ipxe.cfg-default-${buildarch}
+`)
+
+func memFile(name string, b []byte) *File {
+	return &File{Content: bytes.NewReader(b), Size: int64(len(b)), Name: name, ModTime: time.Now(), ContentType: "text/plain; charset=utf-8"}
+}
+
+func (h *Handler) leaseMAC(ip netip.Addr) string {
+	if h.opts.Leases == nil || !ip.IsValid() {
+		return ""
+	}
+	if hw, ok := h.opts.Leases.LeaseMAC(ip.Unmap()); ok {
+		return hw.String()
+	}
+	return ""
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.Unmap().String()
+}
+
+func (h *Handler) dynamic(ctx context.Context, p Path, req Request) (*File, string, error) {
+	if h.opts.Region == nil {
+		return nil, p.MAC, errors.New("no region client")
+	}
+	local := req.LocalIP.Unmap()
+	if !local.IsValid() || local.IsUnspecified() {
+		return nil, p.MAC, fmt.Errorf("config %s: unknown local address, cannot build URLs", p.Clean)
+	}
+	leaseMAC := h.leaseMAC(req.RemoteIP)
+	resp, err := h.opts.Region.GetBootConfig(ctx, &rackv1.GetBootConfigRequest{
+		LocalIp:      local.String(),
+		RemoteIp:     addrString(req.RemoteIP),
+		Mac:          p.MAC,
+		Arch:         p.Arch,
+		Subarch:      p.Subarch,
+		HardwareUuid: p.UUID,
+		BootMethod:   p.BootMethod(),
+		Path:         p.Clean,
+		LeaseMac:     leaseMAC,
+	})
+	mac := p.MAC
+	if mac == "" {
+		mac = leaseMAC
+	}
+	if status.Code(err) == codes.NotFound {
+		return nil, mac, ErrNotFound
+	}
+	if err != nil {
+		return nil, mac, fmt.Errorf("boot config for %s: %w", p.Clean, err)
+	}
+	cfg := bootparams.Config{
+		Purpose:     resp.GetPurpose(),
+		Arch:        resp.GetArch(),
+		Subarch:     resp.GetSubarch(),
+		HTTPServer:  net.JoinHostPort(local.String(), strconv.Itoa(h.opts.HTTPPort)),
+		Hostname:    resp.GetHostname(),
+		Domain:      resp.GetDomain(),
+		MetadataURL: resp.GetMetadataUrl(),
+		LogHost:     resp.GetLogHost(),
+		LogPort:     int(resp.GetLogPort()),
+		ExtraOpts:   resp.GetExtraOpts(),
+	}
+	// A config never points at a file the rack cannot serve.
+	for _, f := range []struct {
+		bf  *rackv1.BootFile
+		dst *string
+	}{{resp.GetKernel(), &cfg.KernelPath}, {resp.GetInitrd(), &cfg.InitrdPath}, {resp.GetRoot(), &cfg.RootPath}} {
+		if f.bf == nil || f.bf.GetSha256() == "" {
+			continue
+		}
+		if _, err := h.opts.Cache.Ensure(ctx, f.bf); err != nil {
+			return nil, mac, fmt.Errorf("boot config for %s: cache %s: %w", p.Clean, f.bf.GetFilename(), err)
+		}
+		*f.dst = f.bf.GetSha256() + "/" + f.bf.GetFilename()
+	}
+	var body []byte
+	switch p.Kind {
+	case KindGRUBConfig:
+		body, err = bootparams.GRUB(cfg)
+	case KindIPXEConfig:
+		body, err = bootparams.IPXE(cfg)
+	default:
+		body, err = bootparams.PXELinux(cfg)
+	}
+	if err != nil {
+		return nil, mac, fmt.Errorf("render %s for %s: %w", p.Kind, p.Clean, err)
+	}
+	h.opts.Log.Debug("rendered boot config", zap.String("path", p.Clean), zap.String("mac", mac),
+		zap.String("ip", addrString(req.RemoteIP)), zap.String("purpose", cfg.Purpose), zap.String("system_id", resp.GetSystemId()))
+	return memFile(p.Clean, body), mac, nil
+}
+
+func (h *Handler) image(ctx context.Context, p Path) (*File, error) {
+	if h.opts.Cache == nil {
+		return nil, ErrNotFound
+	}
+	path, err := h.opts.Cache.Ensure(ctx, &rackv1.BootFile{Sha256: p.SHA256, Filename: p.Name})
+	if status.Code(err) == codes.NotFound {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", p.Clean, err)
+	}
+	return openRegular(path, p.Clean)
+}
+
+func (h *Handler) loader(p Path) (*File, error) {
+	for _, dir := range h.opts.LoaderDirs {
+		f, err := openRegular(filepath.Join(dir, p.Name), p.Clean)
+		if err == nil {
+			return f, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+func openRegular(path, name string) (*File, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat %s: %w", name, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, ErrNotFound
+	}
+	return &File{Content: f, Size: st.Size(), Name: name, ModTime: st.ModTime(), closer: f}, nil
+}

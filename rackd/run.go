@@ -1,0 +1,263 @@
+package rackd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	rackv1 "github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1"
+	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
+	"github.com/ferrite-metal/ferrite/rackd/internal/cache"
+	"github.com/ferrite-metal/ferrite/rackd/internal/dhcp"
+	"github.com/ferrite-metal/ferrite/rackd/internal/httpboot"
+	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
+	"github.com/ferrite-metal/ferrite/rackd/internal/regionclient"
+	"github.com/ferrite-metal/ferrite/rackd/internal/tftp"
+)
+
+// Run serves until ctx ends: the region client (Hello, WatchConfig,
+// events), cache sync, TFTP, HTTP and, when interfaces are configured, DHCP.
+// It returns nil after a clean shutdown.
+func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	id, err := regionclient.LoadIdentity(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	log = log.With(zap.String("rack", id.State.RackID))
+	httpPort, _ := listenPort(cfg.HTTPListen)
+	m := metrics.New()
+
+	client, err := regionclient.New(id, cfg.StateDir, log.With(zap.String("component", "regionclient")),
+		regionclient.Options{Version: Version, Metrics: m})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	fc, err := cache.New(filepath.Join(cfg.StateDir, "cache"), client, log.With(zap.String("component", "cache")), m)
+	if err != nil {
+		return err
+	}
+	files := bootfiles.New(bootfiles.Options{
+		Region:     client,
+		Cache:      fc,
+		Events:     client,
+		LoaderDirs: cfg.LoaderDirs,
+		HTTPPort:   httpPort,
+		Log:        log.With(zap.String("component", "bootfiles")),
+		Metrics:    m,
+	})
+
+	var dhcpSrv *dhcp.Server
+	if len(cfg.Interfaces) > 0 {
+		dhcpSrv, err = dhcp.New(log.With(zap.String("component", "dhcp")), dhcp.Options{
+			Interfaces: cfg.Interfaces,
+			LeaseFile:  filepath.Join(cfg.StateDir, "dhcp-leases.json"),
+			HTTPPort:   httpPort,
+			Port:       cfg.DHCPPort,
+			OnEvent: func(e dhcp.Event) {
+				ip := ""
+				if e.IP.IsValid() {
+					ip = e.IP.String()
+				}
+				mac := ""
+				if len(e.MAC) > 0 {
+					mac = e.MAC.String()
+				}
+				client.Record(e.Type, mac, ip, e.Description)
+			},
+		})
+		if err != nil {
+			return err
+		}
+		files.SetLeases(dhcpSrv)
+	} else {
+		log.Warn("no --interface given: DHCP is not served")
+	}
+
+	httpSrv := httpboot.New(files, []string{id.State.RegionURL}, log.With(zap.String("component", "http")), m)
+	tftpSrv := tftp.New(files, log.With(zap.String("component", "tftp")), m)
+
+	a := &applier{log: log, dhcp: dhcpSrv, http: httpSrv, regionURL: id.State.RegionURL, syncCh: make(chan struct{}, 1)}
+	saved, err := regionclient.LoadConfig(cfg.StateDir)
+	if err != nil {
+		log.Warn("ignoring the saved rack config", zap.Error(err))
+	} else if saved != nil {
+		log.Info("serving from the saved rack config until a region answers", zap.Int64("version", saved.GetVersion()))
+		a.apply(saved)
+	}
+
+	// Bind before starting anything, so a port clash fails fast.
+	tftpConn, err := listenUDP(cfg.TFTPListen)
+	if err != nil {
+		return fmt.Errorf("tftp: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		tftpConn.Close()
+		return fmt.Errorf("http: %w", err)
+	}
+	log.Info("rackd serving", zap.Stringer("tftp", tftpConn.LocalAddr()), zap.Stringer("http", httpLn.Addr()),
+		zap.Strings("dhcp_interfaces", cfg.Interfaces), zap.Strings("endpoints", id.State.GRPCEndpoints))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return client.Run(gctx, a.apply) })
+	g.Go(func() error { return a.syncLoop(gctx, fc) })
+	g.Go(func() error { return tftpSrv.Serve(gctx, tftpConn) })
+	g.Go(func() error { return httpSrv.Serve(gctx, httpLn) })
+	if dhcpSrv != nil {
+		g.Go(func() error { return dhcpSrv.Serve(gctx) })
+	}
+	err = g.Wait()
+	log.Info("rackd stopped", zap.Error(err))
+	return err
+}
+
+// listenUDP binds a UDP socket; an empty or IPv4 host binds IPv4 only (PXE
+// is IPv4; pin/tftp needs one address family per socket for IP_PKTINFO).
+func listenUDP(addr string) (*net.UDPConn, error) {
+	host, _, _ := net.SplitHostPort(addr)
+	network := "udp4"
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !ip.Is4In6() {
+		network = "udp6"
+	}
+	ua, err := net.ResolveUDPAddr(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return net.ListenUDP(network, ua)
+}
+
+// applier hands each RackConfig to the parts that use it.
+type applier struct {
+	log       *zap.Logger
+	dhcp      *dhcp.Server
+	http      *httpboot.Server
+	regionURL string
+	syncCh    chan struct{}
+
+	mu     sync.Mutex
+	latest *rackv1.RackConfig
+}
+
+func (a *applier) apply(cfg *rackv1.RackConfig) {
+	a.mu.Lock()
+	a.latest = cfg
+	a.mu.Unlock()
+	if a.dhcp != nil {
+		a.dhcp.SetConfig(DHCPConfig(cfg, a.log))
+	}
+	urls := cfg.GetRegionHttpUrls()
+	if len(urls) == 0 {
+		urls = []string{a.regionURL}
+	}
+	a.http.SetRegionURLs(urls)
+	select {
+	case a.syncCh <- struct{}{}:
+	default:
+	}
+}
+
+func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.syncCh:
+		case <-retry.C:
+		}
+		a.mu.Lock()
+		cfg := a.latest
+		a.mu.Unlock()
+		if cfg == nil {
+			continue
+		}
+		if err := fc.Sync(ctx, cfg.GetBootFiles()); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.log.Warn("boot resource sync incomplete; retrying in 30s", zap.Error(err))
+			retry.Reset(30 * time.Second)
+			continue
+		}
+		a.log.Info("boot resources in sync", zap.Int("files", len(cfg.GetBootFiles())))
+	}
+}
+
+// DHCPConfig converts the region's subnets and reservations into the DHCP
+// server's configuration, skipping (and logging) entries it cannot parse.
+func DHCPConfig(cfg *rackv1.RackConfig, log *zap.Logger) dhcp.Config {
+	var out dhcp.Config
+	for _, sn := range cfg.GetSubnets() {
+		s, err := dhcpSubnet(sn)
+		if err != nil {
+			log.Warn("DHCP subnet from the region ignored", zap.String("cidr", sn.GetCidr()), zap.Error(err))
+			continue
+		}
+		out.Subnets = append(out.Subnets, s)
+	}
+	for _, r := range cfg.GetReservations() {
+		mac, err := net.ParseMAC(r.GetMac())
+		if err != nil {
+			log.Warn("DHCP reservation from the region ignored", zap.String("mac", r.GetMac()), zap.Error(err))
+			continue
+		}
+		ip, err := netip.ParseAddr(r.GetIp())
+		if err != nil {
+			log.Warn("DHCP reservation from the region ignored", zap.String("mac", r.GetMac()), zap.Error(err))
+			continue
+		}
+		out.Reservations = append(out.Reservations, dhcp.Reservation{MAC: mac, IP: ip, Hostname: r.GetHostname()})
+	}
+	return out
+}
+
+func dhcpSubnet(sn *rackv1.Subnet) (dhcp.Subnet, error) {
+	var errs []error
+	p, err := netip.ParsePrefix(sn.GetCidr())
+	if err != nil {
+		return dhcp.Subnet{}, fmt.Errorf("cidr: %w", err)
+	}
+	s := dhcp.Subnet{
+		Prefix:    p.Masked(),
+		Domain:    sn.GetDomain(),
+		MTU:       int(sn.GetMtu()),
+		LeaseTime: time.Duration(sn.GetLeaseSeconds()) * time.Second,
+	}
+	if gw := sn.GetGateway(); gw != "" {
+		if s.Gateway, err = netip.ParseAddr(gw); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: %w", err))
+		}
+	}
+	for _, d := range sn.GetDnsServers() {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("dns server: %w", err))
+			continue
+		}
+		s.DNS = append(s.DNS, a)
+	}
+	for _, r := range sn.GetDynamicRanges() {
+		lo, err1 := netip.ParseAddr(r.GetStart())
+		hi, err2 := netip.ParseAddr(r.GetEnd())
+		if err := errors.Join(err1, err2); err != nil {
+			errs = append(errs, fmt.Errorf("dynamic range: %w", err))
+			continue
+		}
+		s.Ranges = append(s.Ranges, dhcp.Range{Start: lo, End: hi})
+	}
+	return s, errors.Join(errs...)
+}

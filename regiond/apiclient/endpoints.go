@@ -1,0 +1,125 @@
+package apiclient
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// ListRacks returns the registered racks (GET /api/v1/racks).
+func (c *Client) ListRacks(ctx context.Context) ([]Rack, error) {
+	var out []Rack
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "racks"); err != nil {
+		return nil, fmt.Errorf("list racks: %w", err)
+	}
+	return out, nil
+}
+
+// ListSubnets returns every subnet (GET /api/v1/subnets).
+func (c *Client) ListSubnets(ctx context.Context) ([]Subnet, error) {
+	var out []Subnet
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "subnets"); err != nil {
+		return nil, fmt.Errorf("list subnets: %w", err)
+	}
+	return out, nil
+}
+
+// CreateSubnet creates a subnet served by the rack named in sn (POST /api/v1/subnets).
+func (c *Client) CreateSubnet(ctx context.Context, sn SubnetCreate) (Subnet, error) {
+	var out Subnet
+	if err := c.doJSON(ctx, http.MethodPost, nil, sn, &out, "subnets"); err != nil {
+		return Subnet{}, fmt.Errorf("create subnet %s: %w", sn.CIDR, err)
+	}
+	return out, nil
+}
+
+// ListImages returns every boot image (GET /api/v1/images).
+func (c *Client) ListImages(ctx context.Context) ([]Image, error) {
+	var out []Image
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "images"); err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	return out, nil
+}
+
+// Config returns every configuration setting (GET /api/v1/config).
+func (c *Client) Config(ctx context.Context) (map[string]string, error) {
+	var out map[string]string
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "config"); err != nil {
+		return nil, fmt.Errorf("get config: %w", err)
+	}
+	if out == nil {
+		out = map[string]string{}
+	}
+	return out, nil
+}
+
+// SetConfig sets one configuration setting (PUT /api/v1/config/{key}).
+func (c *Client) SetConfig(ctx context.Context, key, value string) (ConfigItem, error) {
+	if err := checkSegment("config key", key); err != nil {
+		return ConfigItem{}, err
+	}
+	var out ConfigItem
+	body := struct {
+		Value string `json:"value"`
+	}{value}
+	if err := c.doJSON(ctx, http.MethodPut, nil, body, &out, "config", key); err != nil {
+		return ConfigItem{}, fmt.Errorf("set config %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// ListMachines returns every machine (GET /api/v1/machines).
+func (c *Client) ListMachines(ctx context.Context) ([]Machine, error) {
+	var out []Machine
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "machines"); err != nil {
+		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	return out, nil
+}
+
+// Machine returns one machine by system ID (GET /api/v1/machines/{id}); a
+// missing machine is an *Error with StatusCode 404.
+func (c *Client) Machine(ctx context.Context, systemID string) (Machine, error) {
+	if err := checkSegment("system ID", systemID); err != nil {
+		return Machine{}, err
+	}
+	var out Machine
+	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "machines", systemID); err != nil {
+		return Machine{}, fmt.Errorf("get machine %s: %w", systemID, err)
+	}
+	return out, nil
+}
+
+// ListEvents returns events in chronological order (GET /api/v1/events): the
+// latest f.Limit ones, optionally only those of a MAC or a machine.
+func (c *Client) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("list events: negative limit %d", f.Limit)
+	}
+	q := url.Values{}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	if f.MAC != "" {
+		q.Set("mac", f.MAC)
+	}
+	if f.SystemID != "" {
+		q.Set("system_id", f.SystemID)
+	}
+	var out []Event
+	if err := c.doJSON(ctx, http.MethodGet, q, nil, &out, "events"); err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	return out, nil
+}
+
+// checkSegment refuses path segments that would not name a single resource.
+func checkSegment(what, s string) error {
+	if s == "" || s == "." || s == ".." {
+		return fmt.Errorf("invalid %s %q", what, s)
+	}
+	return nil
+}

@@ -1,0 +1,429 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/ferrite-metal/ferrite/regiond/apiclient"
+)
+
+// commands returns every ferrite subcommand, in the order help lists them.
+func commands() []command {
+	return []command{
+		{"login", "--url URL --token TOKEN", "Check TOKEN against the region API at URL and save both for later commands.", setupLogin},
+		{"racks list", "[-o json]", "List registered rack controllers.", setupRacksList},
+		{"subnets create", "--cidr CIDR --rack NAME [--gateway IP] [--dns IP]... [--dynamic-range LO-HI]... [-o json]",
+			"Create a subnet served by rack NAME.", setupSubnetsCreate},
+		{"subnets list", "[-o json]", "List subnets.", setupSubnetsList},
+		{"images upload", "--name custom/NAME [--arch amd64/generic] --kernel FILE --initrd FILE [-o json]",
+			"Upload a kernel and an initrd as a boot image (replaces an image of the same name and arch).", setupImagesUpload},
+		{"images list", "[-o json]", "List boot images.", setupImagesList},
+		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts).", setupConfigSet},
+		{"config get", "[KEY] [-o json]", "Print one configuration value, or all of them.", setupConfigGet},
+		{"machines list", "[-o json]", "List machines.", setupMachinesList},
+		{"machines show", "SYSTEM_ID [-o json]", "Show one machine.", setupMachinesShow},
+		{"events list", "[--limit N] [--mac MAC] [--system-id ID] [-o json]", "List the latest events, oldest first.", setupEventsList},
+	}
+}
+
+// noArgs refuses positional arguments.
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	return nil
+}
+
+func setupLogin(fs *flag.FlagSet) action {
+	url := fs.String("url", "", "region `URL`, e.g. http://10.0.0.1:5240")
+	token := fs.String("token", "", "API `TOKEN` (regiond init writes the admin token to STATE_DIR/admin-token)")
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		var missing []error
+		if *url == "" {
+			missing = append(missing, errors.New("--url is required"))
+		}
+		if *token == "" {
+			missing = append(missing, errors.New("--token is required"))
+		}
+		if err := errors.Join(missing...); err != nil {
+			return usageError{err}
+		}
+		base, err := apiclient.ParseBaseURL(*url)
+		if err != nil {
+			return usageError{err}
+		}
+		l := login{URL: base.String(), Token: strings.TrimSpace(*token)}
+		c, err := a.newClient(l.URL, l.Token)
+		if err != nil {
+			return usageError{err}
+		}
+		if _, err := c.ListMachines(ctx); err != nil {
+			if apiclient.IsStatus(err, http.StatusUnauthorized) {
+				return fmt.Errorf("the region at %s rejected the token: check --token (%w)", l.URL, err)
+			}
+			return fmt.Errorf("check the token against %s: %w", l.URL, err)
+		}
+		path, err := loginPath(a.env)
+		if err != nil {
+			return err
+		}
+		if err := saveLogin(path, l); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "Logged in to %s (saved to %s).\n", l.URL, path)
+		if a.env("FERRITE_URL") != "" || a.env("FERRITE_TOKEN") != "" {
+			fmt.Fprintln(a.stderr, "ferrite: note: FERRITE_URL/FERRITE_TOKEN are set and take precedence over the saved login.")
+		}
+		return nil
+	}
+}
+
+func setupRacksList(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		racks, err := c.ListRacks(ctx)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(racks), func(w io.Writer) {
+			header(w, "ID", "NAME", "VERSION", "LAST SEEN", "INTERFACES")
+			for _, r := range racks {
+				ifaces := make([]string, len(r.Interfaces))
+				for i, in := range r.Interfaces {
+					ifaces[i] = strings.TrimSpace(in.Name + " " + strings.Join(in.Addresses, ","))
+				}
+				row(w, r.ID, r.Name, r.Version, when(r.LastSeen), strings.Join(ifaces, "; "))
+			}
+		})
+	}
+}
+
+func subnetTable(subnets []apiclient.Subnet) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "ID", "CIDR", "GATEWAY", "DNS", "DYNAMIC RANGES", "RACK")
+		for _, s := range subnets {
+			ranges := make([]string, len(s.DynamicRanges))
+			for i, r := range s.DynamicRanges {
+				ranges[i] = r.Start.String() + "-" + r.End.String()
+			}
+			gw := ""
+			if s.Gateway.IsValid() {
+				gw = s.Gateway.String()
+			}
+			row(w, strconv.FormatInt(s.ID, 10), s.CIDR.String(), gw, joined(s.DNSServers, ","), strings.Join(ranges, ","), s.Rack)
+		}
+	}
+}
+
+func setupSubnetsCreate(fs *flag.FlagSet) action {
+	var (
+		cidr    prefixFlag
+		gateway addrFlag
+		dns     addrList
+		ranges  rangeList
+	)
+	fs.Var(&cidr, "cidr", "the subnet, e.g. 10.0.0.0/24 (required)")
+	fs.Var(&gateway, "gateway", "default gateway `IP` handed out by DHCP")
+	fs.Var(&dns, "dns", "DNS server `IP` handed out by DHCP; repeat or comma-separate for several")
+	fs.Var(&ranges, "dynamic-range", "DHCP pool `LO-HI`, e.g. 10.0.0.100-10.0.0.200; repeatable")
+	rack := fs.String("rack", "", "`NAME` of the rack that serves the subnet (required)")
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		req := apiclient.SubnetCreate{CIDR: cidr.p, Gateway: gateway.a, DNSServers: dns, DynamicRanges: ranges, Rack: *rack}
+		if err := checkSubnet(req); err != nil {
+			return usageError{err}
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		sn, err := c.CreateSubnet(ctx, req)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, sn, subnetTable([]apiclient.Subnet{sn}))
+	}
+}
+
+func setupSubnetsList(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		subnets, err := c.ListSubnets(ctx)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(subnets), subnetTable(subnets))
+	}
+}
+
+func imageTable(images []apiclient.Image) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "NAME", "ARCH", "KIND", "CREATED", "FILES")
+		for _, im := range images {
+			files := make([]string, len(im.Files))
+			for i, f := range im.Files {
+				files[i] = fmt.Sprintf("%s (%s)", f.Filename, size(f.Size))
+			}
+			row(w, im.Name, im.Arch, im.Kind, when(im.Created), strings.Join(files, ", "))
+		}
+	}
+}
+
+func setupImagesUpload(fs *flag.FlagSet) action {
+	name := fs.String("name", "", "image `NAME`, e.g. custom/ephemeral (required)")
+	arch := fs.String("arch", "amd64/generic", "`ARCH/SUBARCH` the image boots")
+	kernel := fs.String("kernel", "", "kernel `FILE` (required)")
+	initrd := fs.String("initrd", "", "initrd `FILE` (required)")
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		var errs []error
+		for _, f := range []struct{ flag, v string }{{"--name", *name}, {"--kernel", *kernel}, {"--initrd", *initrd}} {
+			if f.v == "" {
+				errs = append(errs, fmt.Errorf("%s is required", f.flag))
+			}
+		}
+		if *arch == "" || strings.Count(*arch, "/") != 1 {
+			errs = append(errs, fmt.Errorf("--arch %q: want ARCH/SUBARCH such as amd64/generic", *arch))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return usageError{err}
+		}
+		kf, err := openRegular(*kernel)
+		if err != nil {
+			return err
+		}
+		defer kf.Close()
+		inf, err := openRegular(*initrd)
+		if err != nil {
+			return err
+		}
+		defer inf.Close()
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		im, err := c.UploadImage(ctx, *name, *arch, kf, inf)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, im, imageTable([]apiclient.Image{im}))
+	}
+}
+
+// openRegular opens a file to upload, refusing directories and other non-regular files.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return f, nil
+}
+
+func setupImagesList(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		images, err := c.ListImages(ctx)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(images), imageTable(images))
+	}
+}
+
+func setupConfigSet(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) != 2 {
+			return usagef("want KEY VALUE, got %d argument(s)", len(args))
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		item, err := c.SetConfig(ctx, args[0], args[1])
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, item, func(w io.Writer) {
+			header(w, "KEY", "VALUE")
+			row(w, item.Key, item.Value)
+		})
+	}
+}
+
+func setupConfigGet(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) > 1 {
+			return usagef("want at most one KEY, got %d arguments", len(args))
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		cfg, err := c.Config(ctx)
+		if err != nil {
+			return err
+		}
+		if len(args) == 0 {
+			return emit(a.stdout, *out, cfg, func(w io.Writer) {
+				header(w, "KEY", "VALUE")
+				for _, k := range slices.Sorted(maps.Keys(cfg)) {
+					row(w, k, cfg[k])
+				}
+			})
+		}
+		key := args[0]
+		value, ok := cfg[key]
+		if !ok {
+			return fmt.Errorf("config key %q is not set", key)
+		}
+		if *out == "json" {
+			return emit(a.stdout, *out, apiclient.ConfigItem{Key: key, Value: value}, nil)
+		}
+		// A single value prints bare, so scripts can use $(ferrite config get KEY).
+		_, err = fmt.Fprintln(a.stdout, value)
+		return err
+	}
+}
+
+func setupMachinesList(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		machines, err := c.ListMachines(ctx)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(machines), func(w io.Writer) {
+			header(w, "SYSTEM ID", "HOSTNAME", "STATUS", "ARCH", "CPUS", "MEMORY", "MACS")
+			for _, m := range machines {
+				row(w, m.SystemID, m.Hostname, m.Status, m.Architecture, strconv.Itoa(m.CPUCount),
+					fmt.Sprintf("%d MiB", m.MemoryMB), strings.Join(m.MACAddresses, ","))
+			}
+		})
+	}
+}
+
+func setupMachinesShow(fs *flag.FlagSet) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) != 1 {
+			return usagef("want one SYSTEM_ID, got %d arguments", len(args))
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		m, err := c.Machine(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, m, func(w io.Writer) {
+			row(w, "System ID:", m.SystemID)
+			row(w, "Hostname:", m.Hostname)
+			row(w, "Status:", m.Status)
+			row(w, "Architecture:", m.Architecture)
+			row(w, "CPUs:", strconv.Itoa(m.CPUCount))
+			row(w, "Memory:", fmt.Sprintf("%d MiB", m.MemoryMB))
+			row(w, "MAC addresses:", strings.Join(m.MACAddresses, ", "))
+			row(w, "Hardware UUID:", m.HardwareUUID)
+			row(w, "Created:", when(m.Created))
+		})
+	}
+}
+
+func setupEventsList(fs *flag.FlagSet) action {
+	limit := fs.Int("limit", 0, "show the latest `N` events (the API's default is 1000)")
+	mac := fs.String("mac", "", "only events of this `MAC`")
+	systemID := fs.String("system-id", "", "only events of this machine (`SYSTEM_ID`)")
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		f := apiclient.EventFilter{Limit: *limit, SystemID: *systemID}
+		var errs []error
+		if *limit < 0 {
+			errs = append(errs, fmt.Errorf("--limit %d: must not be negative", *limit))
+		}
+		if *mac != "" {
+			m, err := parseMAC(*mac)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--mac: %w", err))
+			}
+			f.MAC = m
+		}
+		if err := errors.Join(errs...); err != nil {
+			return usageError{err}
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		events, err := c.ListEvents(ctx, f)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(events), func(w io.Writer) {
+			header(w, "TIME", "TYPE", "SYSTEM ID", "MAC", "IP", "RACK", "DESCRIPTION")
+			for _, e := range events {
+				row(w, when(e.Time), e.Type, e.SystemID, e.MAC, e.IP, e.Rack, e.Description)
+			}
+		})
+	}
+}

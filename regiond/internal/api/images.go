@@ -1,0 +1,224 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ferrite-metal/ferrite/regiond/internal/store"
+)
+
+// Boot resource file names and kind for uploaded kernel+initrd images.
+const (
+	fileKernel         = "boot-kernel"
+	fileInitrd         = "boot-initrd"
+	kindKernelInitrd   = "kernel-initrd"
+	maxImageFieldBytes = 256
+)
+
+var (
+	imageNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}$`)
+	archRE      = regexp.MustCompile(`^(amd64|arm64|i386|armhf|ppc64el|s390x|riscv64)(/[a-z0-9][a-z0-9._-]{0,63})?$`)
+)
+
+type bootFileJSON struct {
+	Filename string `json:"filename"`
+	SHA256   string `json:"sha256"`
+	Size     int64  `json:"size"`
+}
+
+type imageJSON struct {
+	Name    string         `json:"name"`
+	Arch    string         `json:"arch"`
+	Kind    string         `json:"kind"`
+	Created string         `json:"created"`
+	Files   []bootFileJSON `json:"files"`
+}
+
+func imageOut(br store.BootResource) imageJSON {
+	j := imageJSON{Name: br.Name, Arch: br.Arch, Kind: br.Kind, Created: rfc3339(br.Created), Files: []bootFileJSON{}}
+	for _, f := range br.Files {
+		j.Files = append(j.Files, bootFileJSON{Filename: f.Filename, SHA256: f.SHA256, Size: f.Size})
+	}
+	return j
+}
+
+func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
+	brs, err := s.store.BootResources(r.Context(), "")
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.storeError(w, r, "list images", err)
+		return
+	}
+	out := make([]imageJSON, 0, len(brs))
+	for _, br := range brs {
+		out = append(out, imageOut(br))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// normalizeArch checks an architecture and adds "/generic" when no
+// subarchitecture is given.
+func normalizeArch(a string) (string, error) {
+	if !archRE.MatchString(a) {
+		return "", fmt.Errorf("%q is not an architecture like amd64/generic", a)
+	}
+	if !strings.Contains(a, "/") {
+		a += "/generic"
+	}
+	return a, nil
+}
+
+// limitedReader fails (rather than truncating) once more than n bytes are
+// read, so a store never saves a silently cut file.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return 0, badf("larger than %d bytes", maxImageFile)
+	}
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if l.n < 0 {
+		return n, badf("larger than %d bytes", maxImageFile)
+	}
+	return n, err
+}
+
+// uploadImage reads a multipart form (fields name, arch; files kernel,
+// initrd) part by part, streaming each file straight into the blob store.
+func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "multipart/form-data" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("Content-Type must be multipart/form-data with fields name, arch and files kernel, initrd (got %q)", ct))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxUpload)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "multipart body: "+err.Error())
+		return
+	}
+	ctx := r.Context()
+	log := s.log
+	fields := map[string]string{}
+	files := map[string]store.BootFile{}
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "multipart body: "+tooBig(err))
+			return
+		}
+		name := part.FormName()
+		switch name {
+		case "name", "arch":
+			if _, dup := fields[name]; dup {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: given twice", name))
+				return
+			}
+			b, err := io.ReadAll(io.LimitReader(part, maxImageFieldBytes+1))
+			if err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %s", name, tooBig(err)))
+				return
+			}
+			if len(b) > maxImageFieldBytes {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: longer than %d bytes", name, maxImageFieldBytes))
+				return
+			}
+			fields[name] = strings.TrimSpace(string(b))
+		case "kernel", "initrd":
+			if _, dup := files[name]; dup {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: given twice", name))
+				return
+			}
+			sum, size, err := s.store.PutBlob(ctx, &limitedReader{r: part, n: maxImageFile})
+			if err != nil {
+				var br *badRequest
+				var mbe *http.MaxBytesError
+				if errors.As(err, &br) || errors.As(err, &mbe) {
+					writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %s", name, tooBig(err)))
+					return
+				}
+				s.storeError(w, r, "store "+name, err)
+				return
+			}
+			if size == 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: empty file", name))
+				return
+			}
+			s.metrics.uploadedBytes.Add(size)
+			filename := fileKernel
+			if name == "initrd" {
+				filename = fileInitrd
+			}
+			files[name] = store.BootFile{Filename: filename, SHA256: sum, Size: size}
+			log.Info("stored image file", zap.String("part", name), zap.String("sha256", sum), zap.Int64("size", size))
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown form field %q (want name, arch, kernel, initrd)", name))
+			return
+		}
+		_ = part.Close()
+	}
+
+	var problems []string
+	imgName := fields["name"]
+	if imgName == "" {
+		problems = append(problems, "name: required, e.g. custom/ephemeral")
+	} else if !imageNameRE.MatchString(imgName) {
+		problems = append(problems, fmt.Sprintf("name: %q is not like custom/NAME (lowercase letters, digits, '.', '_', '-')", imgName))
+	}
+	arch, err := normalizeArch(fields["arch"])
+	if fields["arch"] == "" {
+		problems = append(problems, "arch: required, e.g. amd64/generic")
+	} else if err != nil {
+		problems = append(problems, "arch: "+err.Error())
+	}
+	for _, f := range []string{"kernel", "initrd"} {
+		if _, ok := files[f]; !ok {
+			problems = append(problems, f+": file required")
+		}
+	}
+	if len(problems) > 0 {
+		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "))
+		return
+	}
+	br, err := s.store.SaveBootResource(ctx, store.BootResource{
+		Name:  imgName,
+		Arch:  arch,
+		Kind:  kindKernelInitrd,
+		Files: []store.BootFile{files["kernel"], files["initrd"]},
+	})
+	if err != nil {
+		s.storeError(w, r, "save image "+imgName, err)
+		return
+	}
+	log.Info("image saved", zap.String("name", br.Name), zap.String("arch", br.Arch))
+	writeJSON(w, http.StatusCreated, imageOut(br))
+}
+
+func tooBig(err error) string {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+	}
+	var br *badRequest
+	if errors.As(err, &br) {
+		return br.msg
+	}
+	return err.Error()
+}

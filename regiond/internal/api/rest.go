@@ -1,0 +1,385 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferrite-metal/ferrite/regiond/internal/store"
+)
+
+// Config keys an operator may set.
+const (
+	ConfigCommissioningImage = "commissioning_image"
+	ConfigKernelOpts         = "kernel_opts"
+)
+
+var configKeys = []string{ConfigCommissioningImage, ConfigKernelOpts}
+
+type rackInterfaceJSON struct {
+	Name      string   `json:"name"`
+	MAC       string   `json:"mac"`
+	Addresses []string `json:"addresses"`
+}
+
+type rackJSON struct {
+	ID         string              `json:"id"`
+	Name       string              `json:"name"`
+	Version    string              `json:"version"`
+	LastSeen   string              `json:"last_seen"`
+	Interfaces []rackInterfaceJSON `json:"interfaces"`
+}
+
+func (s *Server) listRacks(w http.ResponseWriter, r *http.Request) {
+	racks, err := s.store.ListRacks(r.Context())
+	if err != nil {
+		s.storeError(w, r, "list racks", err)
+		return
+	}
+	out := make([]rackJSON, 0, len(racks))
+	for _, rk := range racks {
+		j := rackJSON{ID: rk.ID, Name: rk.Name, Version: rk.Version, LastSeen: rfc3339(rk.LastSeen), Interfaces: []rackInterfaceJSON{}}
+		for _, i := range rk.Interfaces {
+			j.Interfaces = append(j.Interfaces, rackInterfaceJSON{Name: i.Name, MAC: i.MAC, Addresses: nonNil(i.Addresses)})
+		}
+		out = append(out, j)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type rangeJSON struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+type subnetJSON struct {
+	ID            int64       `json:"id"`
+	CIDR          string      `json:"cidr"`
+	Gateway       string      `json:"gateway"`
+	DNSServers    []string    `json:"dns_servers"`
+	Domain        string      `json:"domain"`
+	MTU           int         `json:"mtu"`
+	DynamicRanges []rangeJSON `json:"dynamic_ranges"`
+	Rack          string      `json:"rack"`
+}
+
+func subnetOut(sn store.Subnet) subnetJSON {
+	j := subnetJSON{ID: sn.ID, CIDR: sn.CIDR.String(), Domain: sn.Domain, MTU: sn.MTU, Rack: sn.Rack,
+		DNSServers: []string{}, DynamicRanges: []rangeJSON{}}
+	if sn.Gateway.IsValid() {
+		j.Gateway = sn.Gateway.String()
+	}
+	for _, d := range sn.DNSServers {
+		j.DNSServers = append(j.DNSServers, d.String())
+	}
+	for _, rg := range sn.DynamicRanges {
+		j.DynamicRanges = append(j.DynamicRanges, rangeJSON{Start: rg.Start.String(), End: rg.End.String()})
+	}
+	return j
+}
+
+func (s *Server) listSubnets(w http.ResponseWriter, r *http.Request) {
+	sns, err := s.store.ListSubnets(r.Context())
+	if err != nil {
+		s.storeError(w, r, "list subnets", err)
+		return
+	}
+	out := make([]subnetJSON, 0, len(sns))
+	for _, sn := range sns {
+		out = append(out, subnetOut(sn))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type createSubnetRequest struct {
+	CIDR          string      `json:"cidr"`
+	Gateway       string      `json:"gateway"`
+	DNSServers    []string    `json:"dns_servers"`
+	Domain        string      `json:"domain"`
+	MTU           int         `json:"mtu"`
+	DynamicRanges []rangeJSON `json:"dynamic_ranges"`
+	Rack          string      `json:"rack"`
+}
+
+// parseSubnet validates a create request and reports every problem.
+func parseSubnet(req createSubnetRequest) (store.Subnet, error) {
+	var problems []string
+	var sn store.Subnet
+	p, err := netip.ParsePrefix(strings.TrimSpace(req.CIDR))
+	switch {
+	case req.CIDR == "":
+		problems = append(problems, "cidr: required")
+	case err != nil:
+		problems = append(problems, fmt.Sprintf("cidr: %q is not a CIDR like 10.0.0.0/24", req.CIDR))
+	case p != p.Masked():
+		problems = append(problems, fmt.Sprintf("cidr: %s has host bits set (did you mean %s?)", p, p.Masked()))
+	default:
+		sn.CIDR = p
+	}
+	inCIDR := func(field string, a netip.Addr) {
+		if sn.CIDR.IsValid() && !sn.CIDR.Contains(a) {
+			problems = append(problems, fmt.Sprintf("%s: %s is outside %s", field, a, sn.CIDR))
+		}
+	}
+	if req.Gateway != "" {
+		gw, err := netip.ParseAddr(req.Gateway)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("gateway: %q is not an IP address", req.Gateway))
+		} else {
+			sn.Gateway = gw
+			inCIDR("gateway", gw)
+		}
+	}
+	for i, d := range req.DNSServers {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("dns_servers[%d]: %q is not an IP address", i, d))
+			continue
+		}
+		sn.DNSServers = append(sn.DNSServers, a)
+	}
+	if len(req.Domain) > 253 || strings.ContainsFunc(req.Domain, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.')
+	}) {
+		problems = append(problems, fmt.Sprintf("domain: %q is not a domain name", req.Domain))
+	}
+	sn.Domain = req.Domain
+	if req.MTU != 0 && (req.MTU < 576 || req.MTU > 65535) {
+		problems = append(problems, fmt.Sprintf("mtu: %d is outside 576-65535 (0 = default)", req.MTU))
+	}
+	sn.MTU = req.MTU
+	for i, rg := range req.DynamicRanges {
+		start, err1 := netip.ParseAddr(rg.Start)
+		end, err2 := netip.ParseAddr(rg.End)
+		if err1 != nil {
+			problems = append(problems, fmt.Sprintf("dynamic_ranges[%d].start: %q is not an IP address", i, rg.Start))
+		}
+		if err2 != nil {
+			problems = append(problems, fmt.Sprintf("dynamic_ranges[%d].end: %q is not an IP address", i, rg.End))
+		}
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if end.Less(start) {
+			problems = append(problems, fmt.Sprintf("dynamic_ranges[%d]: start %s is after end %s", i, start, end))
+		}
+		inCIDR(fmt.Sprintf("dynamic_ranges[%d].start", i), start)
+		inCIDR(fmt.Sprintf("dynamic_ranges[%d].end", i), end)
+		sn.DynamicRanges = append(sn.DynamicRanges, store.IPRange{Start: start, End: end})
+	}
+	if req.Rack == "" {
+		problems = append(problems, "rack: required (the name of the rack serving DHCP on this subnet)")
+	}
+	sn.Rack = req.Rack
+	if len(problems) > 0 {
+		return store.Subnet{}, badf("%s", strings.Join(problems, "; "))
+	}
+	return sn, nil
+}
+
+func (s *Server) createSubnet(w http.ResponseWriter, r *http.Request) {
+	var req createSubnetRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.fail(w, r, "create subnet", err)
+		return
+	}
+	sn, err := parseSubnet(req)
+	if err != nil {
+		s.fail(w, r, "create subnet", err)
+		return
+	}
+	created, err := s.store.CreateSubnet(r.Context(), sn)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("rack: no rack named %q", sn.Rack))
+		return
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, fmt.Sprintf("cidr: %s overlaps an existing subnet", sn.CIDR))
+		return
+	case err != nil:
+		s.storeError(w, r, "create subnet", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, subnetOut(created))
+}
+
+func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) {
+	cfg, err := s.store.Config(r.Context())
+	if err != nil {
+		s.storeError(w, r, "read config", err)
+		return
+	}
+	out := map[string]string{}
+	for _, k := range configKeys {
+		out[k] = cfg[k]
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type setConfigRequest struct {
+	Value *string `json:"value"`
+}
+
+func (s *Server) setConfig(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	known := false
+	for _, k := range configKeys {
+		known = known || k == key
+	}
+	if !known {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown config key %q (known: %s)", key, strings.Join(configKeys, ", ")))
+		return
+	}
+	var req setConfigRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.fail(w, r, "set config", err)
+		return
+	}
+	if req.Value == nil {
+		writeError(w, http.StatusBadRequest, "value: required")
+		return
+	}
+	value := *req.Value
+	if len(value) > 4096 || strings.ContainsFunc(value, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
+		writeError(w, http.StatusBadRequest, "value: at most 4096 characters and no control characters or newlines")
+		return
+	}
+	if key == ConfigCommissioningImage && value != "" {
+		brs, err := s.store.BootResources(r.Context(), value)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.storeError(w, r, "look up image", err)
+			return
+		}
+		if len(brs) == 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("value: no image named %q (see ferrite images list)", value))
+			return
+		}
+	}
+	if err := s.store.SetConfig(r.Context(), key, value); err != nil {
+		s.storeError(w, r, "set config "+key, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"key": key, "value": value})
+}
+
+type machineJSON struct {
+	SystemID     string   `json:"system_id"`
+	Hostname     string   `json:"hostname"`
+	Status       string   `json:"status"`
+	Architecture string   `json:"architecture"`
+	MACAddresses []string `json:"mac_addresses"`
+	CPUCount     int      `json:"cpu_count"`
+	MemoryMB     int64    `json:"memory_mb"`
+	HardwareUUID string   `json:"hardware_uuid"`
+	Created      string   `json:"created"`
+}
+
+func machineOut(m store.Machine) machineJSON {
+	return machineJSON{
+		SystemID: m.SystemID, Hostname: m.Hostname, Status: m.Status, Architecture: m.Arch,
+		MACAddresses: nonNil(m.MACs), CPUCount: m.CPUCount, MemoryMB: m.MemoryMB,
+		HardwareUUID: m.HardwareUUID, Created: rfc3339(m.Created),
+	}
+}
+
+func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
+	ms, err := s.store.ListMachines(r.Context())
+	if err != nil {
+		s.storeError(w, r, "list machines", err)
+		return
+	}
+	out := make([]machineJSON, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, machineOut(m))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	m, err := s.store.Machine(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
+		return
+	}
+	if err != nil {
+		s.storeError(w, r, "get machine", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, machineOut(m))
+}
+
+type eventJSON struct {
+	ID          int64  `json:"id"`
+	Time        string `json:"time"`
+	Type        string `json:"type"`
+	SystemID    string `json:"system_id"`
+	MAC         string `json:"mac"`
+	IP          string `json:"ip"`
+	Rack        string `json:"rack"`
+	Description string `json:"description"`
+}
+
+// Event listing limits.
+const (
+	defaultEventLimit = 1000
+	maxEventLimit     = 100000
+)
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.EventFilter{Limit: defaultEventLimit, SystemID: q.Get("system_id")}
+	var problems []string
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxEventLimit {
+			problems = append(problems, fmt.Sprintf("limit: %q is not a number from 1 to %d", v, maxEventLimit))
+		}
+		f.Limit = n
+	}
+	if v := q.Get("mac"); v != "" {
+		mac, err := normalizeMAC(v)
+		if err != nil {
+			problems = append(problems, "mac: "+err.Error())
+		}
+		f.MAC = mac
+	}
+	for k := range q {
+		if k != "limit" && k != "mac" && k != "system_id" {
+			problems = append(problems, fmt.Sprintf("unknown query parameter %q", k))
+		}
+	}
+	if len(problems) > 0 {
+		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "))
+		return
+	}
+	evs, err := s.store.ListEvents(r.Context(), f)
+	if err != nil {
+		s.storeError(w, r, "list events", err)
+		return
+	}
+	out := make([]eventJSON, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, eventJSON{ID: e.ID, Time: e.Time.UTC().Format(time.RFC3339Nano), Type: e.Type,
+			SystemID: e.SystemID, MAC: e.MAC, IP: e.IP, Rack: e.Rack, Description: e.Description})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
