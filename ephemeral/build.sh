@@ -77,6 +77,10 @@ fi
 log "kernel package $(basename "$deb")"
 
 kroot="$cache/kernel-$kver"
+# Drop kernels of earlier runs (the distribution moved on) and leftovers of failed downloads.
+for old in "$cache"/linux-image-*.deb "$cache"/kernel-* "$cache"/download.* "$cache"/initramfs.*; do
+	if [[ -e $old && $old != "$deb" && $old != "$kroot" ]]; then rm -rf "$old"; fi
+done
 if [[ ! -e $kroot/.done ]]; then
 	rm -rf "$kroot"
 	mkdir -p "$kroot"

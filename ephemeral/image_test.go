@@ -169,8 +169,9 @@ func TestBootEnlists(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start QEMU: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		select {
 		case <-exited:
@@ -188,9 +189,9 @@ func TestBootEnlists(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("QEMU: %v", err)
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("QEMU: %v", waitErr)
 		}
 	case <-ctx.Done():
 		t.Fatalf("the VM did not power off within %v", bootTimeout)

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -44,6 +46,8 @@ type Agent struct {
 	power  Power
 	client *http.Client
 	goarch string
+	// condition runs a power_state condition; an error means "not met".
+	condition func(ctx context.Context, shellCommand string) error
 }
 
 // New returns an agent; power is what "poweroff" and "reboot" do.
@@ -60,6 +64,11 @@ func New(cfg Config, log *zap.Logger, power Power) *Agent {
 		power:  power,
 		client: &http.Client{Timeout: requestTimeout},
 		goarch: runtime.GOARCH,
+		condition: func(ctx context.Context, shellCommand string) error {
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			return exec.CommandContext(ctx, "/bin/sh", "-c", shellCommand).Run()
+		},
 	}
 }
 
@@ -84,10 +93,10 @@ func (a *Agent) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read kernel command line: %w", err)
 	}
-	url := a.cfg.CloudConfigURL
-	if url == "" {
+	configURL := a.cfg.CloudConfigURL
+	if configURL == "" {
 		var ok bool
-		if url, ok = cmdlineValue(string(cmdline), "cloud-config-url"); !ok || url == "" {
+		if configURL, ok = cmdlineValue(string(cmdline), "cloud-config-url"); !ok || configURL == "" {
 			return errors.New("no cloud-config-url= on the kernel command line: nothing to do")
 		}
 	}
@@ -98,13 +107,13 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 	}
 
-	body, err := a.fetch(ctx, url)
+	body, err := a.fetch(ctx, configURL)
 	if err != nil {
 		return err
 	}
 	doc, err := preseed.Parse(body)
 	if err != nil {
-		return fmt.Errorf("parse cloud-config from %s: %w", url, err)
+		return fmt.Errorf("parse cloud-config from %s: %w", configURL, err)
 	}
 	mode := ""
 	if doc.PowerState != nil {
@@ -121,29 +130,41 @@ func (a *Agent) run(ctx context.Context) error {
 		if err := a.enlist(ctx, doc.Ferrite.EnlistURL, bootMAC); err != nil {
 			return err
 		}
-		return a.obeyPowerState(ctx, mode)
+		return a.obeyPowerState(ctx, doc.PowerState)
 	case "poweroff":
 		a.log.Info("job poweroff: powering off")
 		return a.setPower("poweroff")
 	case "":
-		return fmt.Errorf("the cloud-config from %s names no ferrite job", url)
+		return fmt.Errorf("the cloud-config from %s names no ferrite job", configURL)
 	default:
-		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist and poweroff)", doc.Ferrite.Job, url)
+		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist and poweroff)", doc.Ferrite.Job, configURL)
 	}
 }
 
-func (a *Agent) obeyPowerState(ctx context.Context, mode string) error {
-	switch mode {
-	case "":
+// obeyPowerState powers off or reboots as cloud-init's power_state module would: only when
+// its condition (a shell command) succeeds. Otherwise, and without a power_state, the agent
+// stays up until ctx ends. The delay is not honoured: the agent acts at once.
+func (a *Agent) obeyPowerState(ctx context.Context, ps *preseed.PowerState) error {
+	if ps == nil || ps.Mode == "" {
 		a.log.Info("no power_state: staying up")
 		<-ctx.Done()
 		return nil
-	case "poweroff", "reboot", "halt":
-		a.log.Info("power_state: " + mode)
-		return a.setPower(mode)
-	default:
-		return fmt.Errorf("unknown power_state mode %q", mode)
 	}
+	switch ps.Mode {
+	case "poweroff", "reboot", "halt":
+	default:
+		return fmt.Errorf("unknown power_state mode %q", ps.Mode)
+	}
+	if ps.Condition != "" {
+		if err := a.condition(ctx, ps.Condition); err != nil {
+			a.log.Info("power_state condition not met: staying up",
+				zap.String("condition", ps.Condition), zap.String("mode", ps.Mode), zap.Error(err))
+			<-ctx.Done()
+			return nil
+		}
+	}
+	a.log.Info("power_state: " + ps.Mode)
+	return a.setPower(ps.Mode)
 }
 
 func (a *Agent) setPower(mode string) error {
@@ -154,12 +175,12 @@ func (a *Agent) setPower(mode string) error {
 }
 
 // fetch GETs the cloud-config, retrying network errors and 5xx answers.
-func (a *Agent) fetch(ctx context.Context, url string) ([]byte, error) {
+func (a *Agent) fetch(ctx context.Context, configURL string) ([]byte, error) {
 	var body []byte
-	err := a.retry(ctx, "GET "+url, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	err := a.retry(ctx, "GET "+configURL, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, configURL, nil)
 		if err != nil {
-			return permanent(fmt.Errorf("cloud-config-url %q: %w", url, err))
+			return permanent(fmt.Errorf("cloud-config-url %q: %w", configURL, err))
 		}
 		b, status, err := a.do(req)
 		if err != nil {
@@ -178,8 +199,8 @@ func (a *Agent) fetch(ctx context.Context, url string) ([]byte, error) {
 	return body, nil
 }
 
-// enlist gathers the inventory and POSTs it to url, retrying network errors and 5xx answers.
-func (a *Agent) enlist(ctx context.Context, url, bootMAC string) error {
+// enlist gathers the inventory and POSTs it to enlistURL, retrying network errors and 5xx answers.
+func (a *Agent) enlist(ctx context.Context, enlistURL, bootMAC string) error {
 	inv, err := gatherInventory(a.cfg.Root, bootMAC, a.goarch)
 	if err != nil {
 		return fmt.Errorf("gather inventory: %w", err)
@@ -189,10 +210,10 @@ func (a *Agent) enlist(ctx context.Context, url, bootMAC string) error {
 		return fmt.Errorf("encode enlist request: %w", err)
 	}
 	a.log.Info("enlisting", zap.ByteString("request", payload))
-	err = a.retry(ctx, "POST "+url, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
+	err = a.retry(ctx, "POST "+enlistURL, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, enlistURL, bytes.NewReader(payload))
 		if err != nil {
-			return permanent(fmt.Errorf("enlist_url %q: %w", url, err))
+			return permanent(fmt.Errorf("enlist_url %q: %w", enlistURL, err))
 		}
 		req.Header.Set("Content-Type", "application/json")
 		b, status, err := a.do(req)
@@ -214,6 +235,10 @@ func (a *Agent) enlist(ctx context.Context, url, bootMAC string) error {
 func (a *Agent) do(req *http.Request) ([]byte, int, error) {
 	resp, err := a.client.Do(req)
 	if err != nil {
+		// The caller's log line already names the method and URL.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			return nil, 0, ue.Err
+		}
 		return nil, 0, err
 	}
 	defer resp.Body.Close()

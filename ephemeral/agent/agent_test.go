@@ -154,6 +154,7 @@ func TestRun(t *testing.T) {
 			power := &recordingPower{}
 			a := New(Config{Root: root, RetryFor: 5 * time.Second, RetryDelay: 10 * time.Millisecond}, zaptest.NewLogger(t), power)
 			a.goarch = "amd64"
+			a.condition = func(context.Context, string) error { return nil }
 
 			err := a.Run(context.Background())
 			if tc.wantErr == "" && err != nil {
@@ -201,38 +202,77 @@ func TestRunGivesUpWhenServerStaysDown(t *testing.T) {
 	}
 }
 
-func TestRunStaysUpWithoutPowerState(t *testing.T) {
-	srv := newMetadataServer(t, `#cloud-config
-{"ferrite":{"job":"enlist","enlist_url":"{{URL}}/MAAS/metadata/enlist"}}`)
-	root := fakeRoot(t, map[string]string{
-		"proc/cmdline":                  "cloud-config-url=" + srv.URL + "/MAAS/metadata/latest/enlist-preseed/\n",
-		"proc/meminfo":                  meminfo512,
-		"sys/class/net/eth0/address":    "52:54:00:12:34:56\n",
-		"sys/devices/system/cpu/online": "0\n",
-	})
-	power := &recordingPower{}
-	a := New(Config{Root: root, RetryFor: time.Second}, zaptest.NewLogger(t), power)
+func TestRunStaysUp(t *testing.T) {
+	tests := []struct {
+		name        string
+		cloudConfig string
+		condition   error
+		wantCond    string
+	}{
+		{
+			name:        "no power_state",
+			cloudConfig: "#cloud-config\n" + `{"ferrite":{"job":"enlist","enlist_url":"{{URL}}/MAAS/metadata/enlist"}}`,
+		},
+		{
+			name:        "condition not met",
+			cloudConfig: enlistConfig,
+			condition:   errors.New("exit status 1"),
+			wantCond:    "test ! -e /tmp/block-poweroff",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newMetadataServer(t, tc.cloudConfig)
+			root := fakeRoot(t, map[string]string{
+				"proc/cmdline":                  "cloud-config-url=" + srv.URL + "/MAAS/metadata/latest/enlist-preseed/\n",
+				"proc/meminfo":                  meminfo512,
+				"sys/class/net/eth0/address":    "52:54:00:12:34:56\n",
+				"sys/devices/system/cpu/online": "0\n",
+			})
+			power := &recordingPower{}
+			a := New(Config{Root: root, RetryFor: time.Second}, zaptest.NewLogger(t), power)
+			var gotCond atomic.Value
+			a.condition = func(_ context.Context, cmd string) error {
+				gotCond.Store(cmd)
+				return tc.condition
+			}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(srv.posts()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			deadline := time.Now().Add(5 * time.Second)
+			for len(srv.posts()) == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if len(srv.posts()) != 1 {
+				cancel()
+				t.Fatalf("no enlist request within 5 s")
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("Run returned %v, want it to stay up", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			cancel()
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("Run after cancel = %v, want nil", err)
+			}
+			if got := power.got(); len(got) != 0 {
+				t.Errorf("power actions %v, want none", got)
+			}
+			if got, _ := gotCond.Load().(string); got != tc.wantCond {
+				t.Errorf("condition run = %q, want %q", got, tc.wantCond)
+			}
+		})
 	}
-	if len(srv.posts()) != 1 {
-		t.Fatalf("no enlist request within 5 s")
+}
+
+func TestShellCondition(t *testing.T) {
+	a := New(Config{}, zaptest.NewLogger(t), &recordingPower{})
+	if err := a.condition(context.Background(), "true"); err != nil {
+		t.Errorf("condition true: %v", err)
 	}
-	select {
-	case err := <-done:
-		t.Fatalf("Run returned %v, want it to stay up", err)
-	case <-time.After(100 * time.Millisecond):
-	}
-	cancel()
-	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-		t.Errorf("Run after cancel = %v, want nil", err)
-	}
-	if got := power.got(); len(got) != 0 {
-		t.Errorf("power actions %v, want none", got)
+	if err := a.condition(context.Background(), "test -e "+t.TempDir()+"/nosuch"); err == nil {
+		t.Errorf("condition on a missing file succeeded")
 	}
 }

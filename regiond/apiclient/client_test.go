@@ -100,11 +100,11 @@ func TestEndpoints(t *testing.T) {
 		"POST /api/v1/subnets": {201, `{"id":2,"cidr":"10.98.0.0/24","gateway":"","dns_servers":[],"domain":"","mtu":1500,"dynamic_ranges":[],"rack":"rack1"}`},
 		"GET /api/v1/images": {200, `[{"name":"custom/x","arch":"amd64/generic","kind":"kernel-initrd","created":"2026-03-01T10:00:00Z",
 			"files":[{"filename":"boot-kernel","sha256":"ab","size":3}]}]`},
-		"GET /api/v1/config":                        {200, `{"commissioning_image":"custom/x","kernel_opts":""}`},
-		"PUT /api/v1/config/kernel_opts":            {200, `{"key":"kernel_opts","value":"console=ttyS0"}`},
-		"GET /api/v1/machines":                      {200, `[]`},
-		"GET /api/v1/machines/abc%2F..%3Fx":         {200, `{"system_id":"abc/..?x"}`},
-		"GET /api/v1/events":                        {200, `[{"id":7,"time":"2026-03-01T10:00:01Z","type":"DHCP_DISCOVER","mac":"52:54:00:00:00:01","ip":"","rack":"rack1","description":"xid 1"}]`},
+		"GET /api/v1/config":                {200, `{"commissioning_image":"custom/x","kernel_opts":""}`},
+		"PUT /api/v1/config/kernel_opts":    {200, `{"key":"kernel_opts","value":"console=ttyS0"}`},
+		"GET /api/v1/machines":              {200, `[]`},
+		"GET /api/v1/machines/abc%2F..%3Fx": {200, `{"system_id":"abc/..?x"}`},
+		"GET /api/v1/events":                {200, `[{"id":7,"time":"2026-03-01T10:00:01Z","type":"DHCP_DISCOVER","mac":"52:54:00:00:00:01","ip":"","rack":"rack1","description":"xid 1"}]`},
 	})
 	c := newTestClient(t, srv.URL+"/") // a trailing slash is tolerated
 	ctx := context.Background()

@@ -71,7 +71,8 @@ func setupLogin(fs *flag.FlagSet) action {
 		}
 		if _, err := c.ListMachines(ctx); err != nil {
 			if apiclient.IsStatus(err, http.StatusUnauthorized) {
-				return fmt.Errorf("the region at %s rejected the token: check --token (%w)", l.URL, err)
+				// %v, not %w: the generic "log in again" hint would be wrong here.
+				return fmt.Errorf("the region at %s rejected the token: check --token (%v)", l.URL, err)
 			}
 			return fmt.Errorf("check the token against %s: %w", l.URL, err)
 		}
@@ -141,7 +142,7 @@ func setupSubnetsCreate(fs *flag.FlagSet) action {
 		dns     addrList
 		ranges  rangeList
 	)
-	fs.Var(&cidr, "cidr", "the subnet, e.g. 10.0.0.0/24 (required)")
+	fs.Var(&cidr, "cidr", "the subnet as a `CIDR`, e.g. 10.0.0.0/24 (required)")
 	fs.Var(&gateway, "gateway", "default gateway `IP` handed out by DHCP")
 	fs.Var(&dns, "dns", "DNS server `IP` handed out by DHCP; repeat or comma-separate for several")
 	fs.Var(&ranges, "dynamic-range", "DHCP pool `LO-HI`, e.g. 10.0.0.100-10.0.0.200; repeatable")
