@@ -78,7 +78,7 @@ func requestHost(r *http.Request) (string, error) {
 	}
 	if port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return "", fmt.Errorf("Host %q: bad port", h)
+			return "", fmt.Errorf("host header %q: bad port", h)
 		}
 	}
 	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
@@ -93,7 +93,7 @@ func requestHost(r *http.Request) (string, error) {
 	if host == "" || len(host) > 253 || strings.ContainsFunc(host, func(c rune) bool {
 		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.')
 	}) {
-		return "", fmt.Errorf("Host %q is not a host name", h)
+		return "", fmt.Errorf("host header %q is not a host name", h)
 	}
 	if port == "" {
 		return host, nil
