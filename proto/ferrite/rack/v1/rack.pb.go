@@ -685,8 +685,12 @@ type RackConfig struct {
 	Reservations   []*Reservation         `protobuf:"bytes,3,rep,name=reservations,proto3" json:"reservations,omitempty"`
 	BootFiles      []*BootFile            `protobuf:"bytes,4,rep,name=boot_files,json=bootFiles,proto3" json:"boot_files,omitempty"`                  // files the rack should hold in its cache
 	RegionHttpUrls []string               `protobuf:"bytes,5,rep,name=region_http_urls,json=regionHttpUrls,proto3" json:"region_http_urls,omitempty"` // where /MAAS/ is proxied, e.g. http://10.0.0.1:5240
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Boot loaders (lpxelinux.0, ldlinux.c32, bootx64.efi, grubx64.efi,
+	// ipxe.efi, ...): the rack serves each at the root of its TFTP and HTTP
+	// trees under BootFile.filename, from its cache.
+	Bootloaders   []*BootFile `protobuf:"bytes,6,rep,name=bootloaders,proto3" json:"bootloaders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RackConfig) Reset() {
@@ -754,6 +758,13 @@ func (x *RackConfig) GetRegionHttpUrls() []string {
 	return nil
 }
 
+func (x *RackConfig) GetBootloaders() []*BootFile {
+	if x != nil {
+		return x.Bootloaders
+	}
+	return nil
+}
+
 type Subnet struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cidr          string                 `protobuf:"bytes,1,opt,name=cidr,proto3" json:"cidr,omitempty"`       // 10.0.0.0/24
@@ -763,8 +774,13 @@ type Subnet struct {
 	Mtu           uint32                 `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"` // 0 = do not send option 26
 	DynamicRanges []*IPRange             `protobuf:"bytes,6,rep,name=dynamic_ranges,json=dynamicRanges,proto3" json:"dynamic_ranges,omitempty"`
 	LeaseSeconds  uint32                 `protobuf:"varint,7,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"` // 0 = server default
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Boot methods this subnet does not offer, as MAAS's
+	// disabled_boot_architectures: "ipxe", "pxe", "uefi_amd64_tftp",
+	// "uefi_amd64_http", "uefi_arm64_tftp", "uefi_arm64_http". A client whose
+	// first matching method is disabled falls through to the next.
+	DisabledBootMethods []string `protobuf:"bytes,8,rep,name=disabled_boot_methods,json=disabledBootMethods,proto3" json:"disabled_boot_methods,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Subnet) Reset() {
@@ -844,6 +860,13 @@ func (x *Subnet) GetLeaseSeconds() uint32 {
 		return x.LeaseSeconds
 	}
 	return 0
+}
+
+func (x *Subnet) GetDisabledBootMethods() []string {
+	if x != nil {
+		return x.DisabledBootMethods
+	}
+	return nil
 }
 
 type IPRange struct {
@@ -1550,6 +1573,170 @@ func (*SendEventsResponse) Descriptor() ([]byte, []int) {
 	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{22}
 }
 
+type ReportLeasesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*Lease               `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportLeasesRequest) Reset() {
+	*x = ReportLeasesRequest{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportLeasesRequest) ProtoMessage() {}
+
+func (x *ReportLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportLeasesRequest.ProtoReflect.Descriptor instead.
+func (*ReportLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReportLeasesRequest) GetLeases() []*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+type Lease struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Mac             string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	Ip              string                 `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	Hostname        string                 `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	ExpiresUnix     int64                  `protobuf:"varint,4,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	State           string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"` // active, released, expired, declined
+	UpdatedUnixNano int64                  `protobuf:"varint,6,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Lease) Reset() {
+	*x = Lease{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Lease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Lease) ProtoMessage() {}
+
+func (x *Lease) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Lease.ProtoReflect.Descriptor instead.
+func (*Lease) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Lease) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *Lease) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *Lease) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Lease) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *Lease) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Lease) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+type ReportLeasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportLeasesResponse) Reset() {
+	*x = ReportLeasesResponse{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportLeasesResponse) ProtoMessage() {}
+
+func (x *ReportLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportLeasesResponse.ProtoReflect.Descriptor instead.
+func (*ReportLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{25}
+}
+
 var File_ferrite_rack_v1_rack_proto protoreflect.FileDescriptor
 
 const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
@@ -1597,7 +1784,7 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x14\n" +
 	"\x12WatchConfigRequest\"J\n" +
 	"\x13WatchConfigResponse\x123\n" +
-	"\x06config\x18\x01 \x01(\v2\x1b.ferrite.rack.v1.RackConfigR\x06config\"\xff\x01\n" +
+	"\x06config\x18\x01 \x01(\v2\x1b.ferrite.rack.v1.RackConfigR\x06config\"\xbc\x02\n" +
 	"\n" +
 	"RackConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x121\n" +
@@ -1605,7 +1792,8 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\freservations\x18\x03 \x03(\v2\x1c.ferrite.rack.v1.ReservationR\freservations\x128\n" +
 	"\n" +
 	"boot_files\x18\x04 \x03(\v2\x19.ferrite.rack.v1.BootFileR\tbootFiles\x12(\n" +
-	"\x10region_http_urls\x18\x05 \x03(\tR\x0eregionHttpUrls\"\xe7\x01\n" +
+	"\x10region_http_urls\x18\x05 \x03(\tR\x0eregionHttpUrls\x12;\n" +
+	"\vbootloaders\x18\x06 \x03(\v2\x19.ferrite.rack.v1.BootFileR\vbootloaders\"\x9b\x02\n" +
 	"\x06Subnet\x12\x12\n" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1f\n" +
@@ -1614,7 +1802,8 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\x06domain\x18\x04 \x01(\tR\x06domain\x12\x10\n" +
 	"\x03mtu\x18\x05 \x01(\rR\x03mtu\x12?\n" +
 	"\x0edynamic_ranges\x18\x06 \x03(\v2\x18.ferrite.rack.v1.IPRangeR\rdynamicRanges\x12#\n" +
-	"\rlease_seconds\x18\a \x01(\rR\fleaseSeconds\"1\n" +
+	"\rlease_seconds\x18\a \x01(\rR\fleaseSeconds\x122\n" +
+	"\x15disabled_boot_methods\x18\b \x03(\tR\x13disabledBootMethods\"1\n" +
 	"\aIPRange\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\tR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\tR\x03end\"K\n" +
@@ -1670,16 +1859,27 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\"\x14\n" +
-	"\x12SendEventsResponse2j\n" +
+	"\x12SendEventsResponse\"E\n" +
+	"\x13ReportLeasesRequest\x12.\n" +
+	"\x06leases\x18\x01 \x03(\v2\x16.ferrite.rack.v1.LeaseR\x06leases\"\xaa\x01\n" +
+	"\x05Lease\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x0e\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x12!\n" +
+	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12*\n" +
+	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\"\x16\n" +
+	"\x14ReportLeasesResponse2j\n" +
 	"\x13RegistrationService\x12S\n" +
-	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\xbe\x03\n" +
+	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\x9b\x04\n" +
 	"\vRackService\x12F\n" +
 	"\x05Hello\x12\x1d.ferrite.rack.v1.HelloRequest\x1a\x1e.ferrite.rack.v1.HelloResponse\x12Z\n" +
 	"\vWatchConfig\x12#.ferrite.rack.v1.WatchConfigRequest\x1a$.ferrite.rack.v1.WatchConfigResponse0\x01\x12^\n" +
 	"\rGetBootConfig\x12%.ferrite.rack.v1.GetBootConfigRequest\x1a&.ferrite.rack.v1.GetBootConfigResponse\x12T\n" +
 	"\tFetchFile\x12!.ferrite.rack.v1.FetchFileRequest\x1a\".ferrite.rack.v1.FetchFileResponse0\x01\x12U\n" +
 	"\n" +
-	"SendEvents\x12\".ferrite.rack.v1.SendEventsRequest\x1a#.ferrite.rack.v1.SendEventsResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
+	"SendEvents\x12\".ferrite.rack.v1.SendEventsRequest\x1a#.ferrite.rack.v1.SendEventsResponse\x12[\n" +
+	"\fReportLeases\x12$.ferrite.rack.v1.ReportLeasesRequest\x1a%.ferrite.rack.v1.ReportLeasesResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
 
 var (
 	file_ferrite_rack_v1_rack_proto_rawDescOnce sync.Once
@@ -1693,7 +1893,7 @@ func file_ferrite_rack_v1_rack_proto_rawDescGZIP() []byte {
 	return file_ferrite_rack_v1_rack_proto_rawDescData
 }
 
-var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_ferrite_rack_v1_rack_proto_goTypes = []any{
 	(*RegisterRequest)(nil),       // 0: ferrite.rack.v1.RegisterRequest
 	(*RegisterHello)(nil),         // 1: ferrite.rack.v1.RegisterHello
@@ -1718,6 +1918,9 @@ var file_ferrite_rack_v1_rack_proto_goTypes = []any{
 	(*SendEventsRequest)(nil),     // 20: ferrite.rack.v1.SendEventsRequest
 	(*Event)(nil),                 // 21: ferrite.rack.v1.Event
 	(*SendEventsResponse)(nil),    // 22: ferrite.rack.v1.SendEventsResponse
+	(*ReportLeasesRequest)(nil),   // 23: ferrite.rack.v1.ReportLeasesRequest
+	(*Lease)(nil),                 // 24: ferrite.rack.v1.Lease
+	(*ReportLeasesResponse)(nil),  // 25: ferrite.rack.v1.ReportLeasesResponse
 }
 var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	1,  // 0: ferrite.rack.v1.RegisterRequest.hello:type_name -> ferrite.rack.v1.RegisterHello
@@ -1730,28 +1933,32 @@ var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	12, // 7: ferrite.rack.v1.RackConfig.subnets:type_name -> ferrite.rack.v1.Subnet
 	14, // 8: ferrite.rack.v1.RackConfig.reservations:type_name -> ferrite.rack.v1.Reservation
 	15, // 9: ferrite.rack.v1.RackConfig.boot_files:type_name -> ferrite.rack.v1.BootFile
-	13, // 10: ferrite.rack.v1.Subnet.dynamic_ranges:type_name -> ferrite.rack.v1.IPRange
-	15, // 11: ferrite.rack.v1.GetBootConfigResponse.kernel:type_name -> ferrite.rack.v1.BootFile
-	15, // 12: ferrite.rack.v1.GetBootConfigResponse.initrd:type_name -> ferrite.rack.v1.BootFile
-	15, // 13: ferrite.rack.v1.GetBootConfigResponse.root:type_name -> ferrite.rack.v1.BootFile
-	21, // 14: ferrite.rack.v1.SendEventsRequest.events:type_name -> ferrite.rack.v1.Event
-	0,  // 15: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
-	7,  // 16: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
-	9,  // 17: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
-	16, // 18: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
-	18, // 19: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
-	20, // 20: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
-	3,  // 21: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
-	8,  // 22: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
-	10, // 23: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
-	17, // 24: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
-	19, // 25: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
-	22, // 26: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	15, // 10: ferrite.rack.v1.RackConfig.bootloaders:type_name -> ferrite.rack.v1.BootFile
+	13, // 11: ferrite.rack.v1.Subnet.dynamic_ranges:type_name -> ferrite.rack.v1.IPRange
+	15, // 12: ferrite.rack.v1.GetBootConfigResponse.kernel:type_name -> ferrite.rack.v1.BootFile
+	15, // 13: ferrite.rack.v1.GetBootConfigResponse.initrd:type_name -> ferrite.rack.v1.BootFile
+	15, // 14: ferrite.rack.v1.GetBootConfigResponse.root:type_name -> ferrite.rack.v1.BootFile
+	21, // 15: ferrite.rack.v1.SendEventsRequest.events:type_name -> ferrite.rack.v1.Event
+	24, // 16: ferrite.rack.v1.ReportLeasesRequest.leases:type_name -> ferrite.rack.v1.Lease
+	0,  // 17: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
+	7,  // 18: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
+	9,  // 19: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
+	16, // 20: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
+	18, // 21: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
+	20, // 22: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
+	23, // 23: ferrite.rack.v1.RackService.ReportLeases:input_type -> ferrite.rack.v1.ReportLeasesRequest
+	3,  // 24: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
+	8,  // 25: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
+	10, // 26: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
+	17, // 27: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
+	19, // 28: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
+	22, // 29: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
+	25, // 30: ferrite.rack.v1.RackService.ReportLeases:output_type -> ferrite.rack.v1.ReportLeasesResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_ferrite_rack_v1_rack_proto_init() }
@@ -1773,7 +1980,7 @@ func file_ferrite_rack_v1_rack_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferrite_rack_v1_rack_proto_rawDesc), len(file_ferrite_rack_v1_rack_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

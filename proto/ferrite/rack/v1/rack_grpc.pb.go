@@ -159,6 +159,7 @@ const (
 	RackService_GetBootConfig_FullMethodName = "/ferrite.rack.v1.RackService/GetBootConfig"
 	RackService_FetchFile_FullMethodName     = "/ferrite.rack.v1.RackService/FetchFile"
 	RackService_SendEvents_FullMethodName    = "/ferrite.rack.v1.RackService/SendEvents"
+	RackService_ReportLeases_FullMethodName  = "/ferrite.rack.v1.RackService/ReportLeases"
 )
 
 // RackServiceClient is the client API for RackService service.
@@ -181,6 +182,9 @@ type RackServiceClient interface {
 	FetchFile(ctx context.Context, in *FetchFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchFileResponse], error)
 	// SendEvents records what the rack saw (DHCP, TFTP, HTTP boot steps).
 	SendEvents(ctx context.Context, in *SendEventsRequest, opts ...grpc.CallOption) (*SendEventsResponse, error)
+	// ReportLeases sends the DHCP lease changes since the last report, in
+	// batches; the region keeps the latest state per (rack, ip).
+	ReportLeases(ctx context.Context, in *ReportLeasesRequest, opts ...grpc.CallOption) (*ReportLeasesResponse, error)
 }
 
 type rackServiceClient struct {
@@ -259,6 +263,16 @@ func (c *rackServiceClient) SendEvents(ctx context.Context, in *SendEventsReques
 	return out, nil
 }
 
+func (c *rackServiceClient) ReportLeases(ctx context.Context, in *ReportLeasesRequest, opts ...grpc.CallOption) (*ReportLeasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportLeasesResponse)
+	err := c.cc.Invoke(ctx, RackService_ReportLeases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RackServiceServer is the server API for RackService service.
 // All implementations must embed UnimplementedRackServiceServer
 // for forward compatibility.
@@ -279,6 +293,9 @@ type RackServiceServer interface {
 	FetchFile(*FetchFileRequest, grpc.ServerStreamingServer[FetchFileResponse]) error
 	// SendEvents records what the rack saw (DHCP, TFTP, HTTP boot steps).
 	SendEvents(context.Context, *SendEventsRequest) (*SendEventsResponse, error)
+	// ReportLeases sends the DHCP lease changes since the last report, in
+	// batches; the region keeps the latest state per (rack, ip).
+	ReportLeases(context.Context, *ReportLeasesRequest) (*ReportLeasesResponse, error)
 	mustEmbedUnimplementedRackServiceServer()
 }
 
@@ -303,6 +320,9 @@ func (UnimplementedRackServiceServer) FetchFile(*FetchFileRequest, grpc.ServerSt
 }
 func (UnimplementedRackServiceServer) SendEvents(context.Context, *SendEventsRequest) (*SendEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SendEvents not implemented")
+}
+func (UnimplementedRackServiceServer) ReportLeases(context.Context, *ReportLeasesRequest) (*ReportLeasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportLeases not implemented")
 }
 func (UnimplementedRackServiceServer) mustEmbedUnimplementedRackServiceServer() {}
 func (UnimplementedRackServiceServer) testEmbeddedByValue()                     {}
@@ -401,6 +421,24 @@ func _RackService_SendEvents_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RackService_ReportLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportLeasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RackServiceServer).ReportLeases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RackService_ReportLeases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RackServiceServer).ReportLeases(ctx, req.(*ReportLeasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RackService_ServiceDesc is the grpc.ServiceDesc for RackService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -419,6 +457,10 @@ var RackService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SendEvents",
 			Handler:    _RackService_SendEvents_Handler,
+		},
+		{
+			MethodName: "ReportLeases",
+			Handler:    _RackService_ReportLeases_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
