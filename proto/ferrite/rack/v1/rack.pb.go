@@ -779,6 +779,7 @@ type Subnet struct {
 	// "uefi_amd64_http", "uefi_arm64_tftp", "uefi_arm64_http". A client whose
 	// first matching method is disabled falls through to the next.
 	DisabledBootMethods []string `protobuf:"bytes,8,rep,name=disabled_boot_methods,json=disabledBootMethods,proto3" json:"disabled_boot_methods,omitempty"`
+	NtpServers          []string `protobuf:"bytes,9,rep,name=ntp_servers,json=ntpServers,proto3" json:"ntp_servers,omitempty"` // option 42
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -865,6 +866,13 @@ func (x *Subnet) GetLeaseSeconds() uint32 {
 func (x *Subnet) GetDisabledBootMethods() []string {
 	if x != nil {
 		return x.DisabledBootMethods
+	}
+	return nil
+}
+
+func (x *Subnet) GetNtpServers() []string {
+	if x != nil {
+		return x.NtpServers
 	}
 	return nil
 }
@@ -1793,7 +1801,7 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\n" +
 	"boot_files\x18\x04 \x03(\v2\x19.ferrite.rack.v1.BootFileR\tbootFiles\x12(\n" +
 	"\x10region_http_urls\x18\x05 \x03(\tR\x0eregionHttpUrls\x12;\n" +
-	"\vbootloaders\x18\x06 \x03(\v2\x19.ferrite.rack.v1.BootFileR\vbootloaders\"\x9b\x02\n" +
+	"\vbootloaders\x18\x06 \x03(\v2\x19.ferrite.rack.v1.BootFileR\vbootloaders\"\xbc\x02\n" +
 	"\x06Subnet\x12\x12\n" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1f\n" +
@@ -1803,7 +1811,9 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\x03mtu\x18\x05 \x01(\rR\x03mtu\x12?\n" +
 	"\x0edynamic_ranges\x18\x06 \x03(\v2\x18.ferrite.rack.v1.IPRangeR\rdynamicRanges\x12#\n" +
 	"\rlease_seconds\x18\a \x01(\rR\fleaseSeconds\x122\n" +
-	"\x15disabled_boot_methods\x18\b \x03(\tR\x13disabledBootMethods\"1\n" +
+	"\x15disabled_boot_methods\x18\b \x03(\tR\x13disabledBootMethods\x12\x1f\n" +
+	"\vntp_servers\x18\t \x03(\tR\n" +
+	"ntpServers\"1\n" +
 	"\aIPRange\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\tR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\tR\x03end\"K\n" +
