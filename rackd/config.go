@@ -29,6 +29,9 @@ type Config struct {
 	TFTPListen string   `yaml:"tftp_listen"` // --tftp-listen, default :69
 	DHCPPort   int      `yaml:"dhcp_port"`   // --dhcp-port, default 67 (tests use another)
 	LoaderDirs []string `yaml:"loader_dirs"` // --loader-dir (repeatable): static boot loaders
+	// --manage-firewall: open rackd's ports in an iptables chain of its own
+	// (FERRITE-RACK, IPv4) while it runs; see rackd/internal/firewall.
+	ManageFirewall bool `yaml:"manage_firewall"`
 }
 
 // DefaultConfig returns the defaults.
@@ -89,6 +92,15 @@ func (c Config) Validate() error {
 	for _, d := range c.LoaderDirs {
 		if d == "" {
 			errs = append(errs, errors.New("loader_dirs (--loader-dir): empty directory"))
+		}
+	}
+	if c.ManageFirewall {
+		for _, l := range []struct{ key, addr string }{{"http_listen (--http-listen)", c.HTTPListen}, {"tftp_listen (--tftp-listen)", c.TFTPListen}} {
+			if host, _, err := net.SplitHostPort(l.addr); err == nil {
+				if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+					errs = append(errs, fmt.Errorf("manage_firewall (--manage-firewall) opens IPv4 only, but %s %q is IPv6", l.key, l.addr))
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)

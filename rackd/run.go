@@ -17,6 +17,7 @@ import (
 	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
 	"github.com/ferrite-metal/ferrite/rackd/internal/cache"
 	"github.com/ferrite-metal/ferrite/rackd/internal/dhcp"
+	"github.com/ferrite-metal/ferrite/rackd/internal/firewall"
 	"github.com/ferrite-metal/ferrite/rackd/internal/httpboot"
 	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
 	"github.com/ferrite-metal/ferrite/rackd/internal/regionclient"
@@ -25,8 +26,10 @@ import (
 
 // Run serves until ctx ends: the region client (Hello, WatchConfig,
 // events), cache sync, TFTP, HTTP and, when interfaces are configured, DHCP.
+// With cfg.ManageFirewall it opens the ports it serves in an iptables chain
+// before serving and removes the chain when it stops, on an error too.
 // It returns nil after a clean shutdown.
-func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -108,6 +111,24 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		tftpConn.Close()
 		return fmt.Errorf("http: %w", err)
 	}
+	if cfg.ManageFirewall {
+		fw, fwErr := newFirewall(cfg, dhcpSrv != nil, tftpConn, httpLn, log.With(zap.String("component", "firewall")))
+		if fwErr == nil {
+			if fwErr = fw.Apply(); fwErr != nil {
+				// Undo whatever part of it was applied.
+				fwErr = errors.Join(fwErr, fw.Remove())
+			}
+		}
+		if fwErr != nil {
+			tftpConn.Close()
+			httpLn.Close()
+			return fwErr
+		}
+		// Applied before anything serves; removed after everything has
+		// stopped, however Run returns. err is Run's result.
+		defer func() { err = errors.Join(err, fw.Remove()) }()
+	}
+
 	log.Info("rackd serving", zap.Stringer("tftp", tftpConn.LocalAddr()), zap.Stringer("http", httpLn.Addr()),
 		zap.Strings("dhcp_interfaces", cfg.Interfaces), zap.Strings("endpoints", id.State.GRPCEndpoints))
 
@@ -122,6 +143,23 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	err = g.Wait()
 	log.Info("rackd stopped", zap.Error(err))
 	return err
+}
+
+// newFirewall opens the ports rackd actually bound (and DHCP's when it
+// serves DHCP), for traffic on the DHCP interfaces or, without any, on all.
+func newFirewall(cfg Config, dhcp bool, tftpConn *net.UDPConn, httpLn net.Listener, log *zap.Logger) (*firewall.Firewall, error) {
+	ports := []firewall.Port{
+		{Proto: "udp", Port: tftpConn.LocalAddr().(*net.UDPAddr).Port},
+		{Proto: "tcp", Port: httpLn.Addr().(*net.TCPAddr).Port},
+	}
+	if dhcp {
+		ports = append(ports, firewall.Port{Proto: "udp", Port: cfg.DHCPPort})
+	}
+	fw, err := firewall.New(firewall.Rules{Interfaces: cfg.Interfaces, Ports: ports}, log)
+	if err != nil {
+		return nil, fmt.Errorf("--manage-firewall: %w", err)
+	}
+	return fw, nil
 }
 
 // listenUDP binds a UDP socket; an empty or IPv4 host binds IPv4 only (PXE

@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// EnlistUnknownMachine boots a BIOS machine with a MAC the region has never
+// EnlistUnknownMachine boots a machine with a MAC the region has never
 // seen and waits until it has enlisted and powered itself off. It returns
 // the machine as the region lists it; an error names the first boot step
 // that did not happen.
-func (s *Site) EnlistUnknownMachine(ctx context.Context, timeout time.Duration) (*VM, Machine, error) {
-	vm, err := s.Lab.StartBIOSVM(RandomMAC())
+func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, timeout time.Duration) (*VM, Machine, error) {
+	vm, err := s.Lab.StartVM(opts)
 	if err != nil {
 		return nil, Machine{}, err
 	}

@@ -52,7 +52,7 @@ func TestEnlistUnknownMachine(t *testing.T) {
 	if err := site.PrepareEnlistment(ctx, ephemeral); err != nil {
 		t.Fatal(err)
 	}
-	vm, m, err := site.EnlistUnknownMachine(ctx, 5*time.Minute)
+	vm, m, err := site.EnlistUnknownMachine(ctx, VMOptions{Firmware: BIOS}, 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

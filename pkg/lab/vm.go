@@ -35,17 +35,52 @@ func randomUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-// StartBIOSVM boots a new BIOS machine (SeaBIOS + QEMU's iPXE ROM, TCG)
-// from the network. With -no-reboot and a strict boot order, the machine
-// powering off or finding nothing to boot ends QEMU.
-func (l *Lab) StartBIOSVM(mac net.HardwareAddr) (*VM, error) {
+// Firmware is what a lab machine boots with.
+type Firmware int
+
+const (
+	// BIOS is SeaBIOS with QEMU's iPXE ROM on the NIC.
+	BIOS Firmware = iota
+	// UEFI is OVMF with its own PXE and HTTP boot clients.
+	UEFI
+	// UEFISecureBoot is OVMF with Secure Boot on and Microsoft's keys enrolled.
+	UEFISecureBoot
+)
+
+func (f Firmware) String() string {
+	return [...]string{"BIOS", "UEFI", "UEFI Secure Boot"}[f]
+}
+
+// OVMF's firmware images (Debian package ovmf).
+const (
+	ovmfCode       = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars       = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	ovmfSecureCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+	ovmfSecureVars = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+)
+
+// VMOptions choose a lab machine's hardware.
+type VMOptions struct {
+	MAC      net.HardwareAddr // RandomMAC() when nil
+	Firmware Firmware
+	// IPXEROM keeps QEMU's iPXE ROM on the NIC under UEFI, so iPXE (not
+	// OVMF's own PXE client) does the network boot.
+	IPXEROM bool
+}
+
+// StartVM boots a new machine (TCG, 512 MiB, one CPU, virtio NIC, no disk)
+// from the network. With -no-reboot, the guest powering off ends QEMU.
+func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
+	if opts.MAC == nil {
+		opts.MAC = RandomMAC()
+	}
 	l.mu.Lock()
 	l.vms++
 	n := l.vms
 	l.mu.Unlock()
 	vm := &VM{
 		Name:   fmt.Sprintf("vm%d", n),
-		MAC:    mac,
+		MAC:    opts.MAC,
 		UUID:   randomUUID(),
 		Serial: filepath.Join(l.Dir, fmt.Sprintf("vm%d-serial.log", n)),
 	}
@@ -60,27 +95,55 @@ func (l *Lab) StartBIOSVM(mac net.HardwareAddr) (*VM, error) {
 			return nil, err
 		}
 	}
-	// SeaBIOS and iPXE print to the serial port when etc/sercon-port names it.
-	sercon := filepath.Join(l.Dir, "sercon-port")
-	if err := os.WriteFile(sercon, []byte{0xf8, 0x03}, 0o644); err != nil {
-		return nil, err
-	}
 	argv := []string{
 		"qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", "pc,accel=tcg", "-cpu", "qemu64", "-m", "512", "-smp", "1",
-		"-serial", "file:" + vm.Serial, "-no-reboot",
-		"-boot", "order=n,strict=on,reboot-timeout=5000",
-		"-fw_cfg", "name=etc/sercon-port,file=" + sercon,
-		"-uuid", vm.UUID,
+		"-cpu", "qemu64", "-m", "512", "-smp", "1",
+		"-serial", "file:" + vm.Serial, "-no-reboot", "-uuid", vm.UUID,
 		"-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", tap),
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=%s,bootindex=1", mac),
 	}
+	nic := fmt.Sprintf("virtio-net-pci,netdev=n0,mac=%s,bootindex=1", opts.MAC)
+	switch opts.Firmware {
+	case BIOS:
+		// SeaBIOS and iPXE print to the serial port when etc/sercon-port names it.
+		sercon := filepath.Join(l.Dir, "sercon-port")
+		if err := os.WriteFile(sercon, []byte{0xf8, 0x03}, 0o644); err != nil {
+			return nil, err
+		}
+		argv = append(argv, "-machine", "pc,accel=tcg",
+			"-boot", "order=n,strict=on,reboot-timeout=5000",
+			"-fw_cfg", "name=etc/sercon-port,file="+sercon)
+	case UEFI, UEFISecureBoot:
+		code, vars, machine := ovmfCode, ovmfVars, "q35,accel=tcg"
+		if opts.Firmware == UEFISecureBoot {
+			code, vars, machine = ovmfSecureCode, ovmfSecureVars, "q35,smm=on,accel=tcg"
+			argv = append(argv, "-global", "driver=cfi.pflash01,property=secure,value=on")
+		}
+		myVars := filepath.Join(l.Dir, vm.Name+"-OVMF_VARS.fd")
+		if err := copyFile(vars, myVars); err != nil {
+			return nil, fmt.Errorf("OVMF variables (apt-get install ovmf): %w", err)
+		}
+		argv = append(argv, "-machine", machine,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
+			"-drive", "if=pflash,format=raw,unit=1,file="+myVars)
+		if !opts.IPXEROM {
+			nic += ",romfile=" // OVMF's own PXE/HTTP client instead of iPXE's
+		}
+	}
+	argv = append(argv, "-device", nic)
 	p, err := l.Start(l.NetNS, vm.Name, nil, argv...)
 	if err != nil {
 		return nil, err
 	}
 	vm.proc = p
 	return vm, nil
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o644)
 }
 
 // Wait returns when QEMU exits (nil for a clean exit: the guest powered

@@ -14,11 +14,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,7 +34,7 @@ import (
 )
 
 type testEnv struct {
-	store  *fakeStore
+	store  *store.Store
 	srv    *Server
 	ca     *certs.CA
 	secret []byte
@@ -46,8 +48,8 @@ func newTestEnv(t testing.TB, mutate ...func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 	secret := bytes.Repeat([]byte{0x42}, 16)
-	fs := newFakeStore()
-	cfg := Config{Store: fs, Secret: secret, CA: ca, Log: zaptest.NewLogger(t)}
+	st := newStore(t)
+	cfg := Config{Store: st, Secret: secret, CA: ca, Log: zaptest.NewLogger(t)}
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -73,7 +75,7 @@ func newTestEnv(t testing.TB, mutate ...func(*Config)) *testEnv {
 		<-runDone
 		gs.Stop()
 	})
-	return &testEnv{store: fs, srv: srv, ca: ca, secret: secret, addr: ln.Addr().String()}
+	return &testEnv{store: st, srv: srv, ca: ca, secret: secret, addr: ln.Addr().String()}
 }
 
 // dial connects with TLS verifying the region, presenting cert when given.
@@ -167,6 +169,7 @@ func (e *testEnv) rackClient(t testing.TB, name string) (rackv1.RackServiceClien
 }
 
 func TestRegisterIssuesWorkingCertificate(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	client, reg := e.rackClient(t, "rack-a")
 	if !bytes.Equal(reg.caDER, e.ca.Cert.Raw) {
@@ -191,29 +194,38 @@ func TestRegisterIssuesWorkingCertificate(t *testing.T) {
 	if diff := cmp.Diff(want, resp, protocmp.Transform()); diff != "" {
 		t.Errorf("Hello (-want +got):\n%s", diff)
 	}
-	rk, _ := e.store.Rack(context.Background(), reg.rackID)
+	rk, err := e.store.Rack(ctxT(t), reg.rackID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	wantRack := store.Rack{ID: reg.rackID, Name: "rack-a", Version: "1.2.3",
 		Interfaces: []store.RackInterface{{Name: "eth1", MAC: "52:54:00:00:00:01", Addresses: []string{"10.1.0.2/24"}}}}
-	if diff := cmp.Diff(wantRack, rk); diff != "" {
+	if diff := cmp.Diff(wantRack, rk, cmpopts.IgnoreFields(store.Rack{}, "LastSeen", "Created")); diff != "" {
 		t.Errorf("stored rack after Hello (-want +got):\n%s", diff)
 	}
 }
 
 func TestRegisterWrongSecretStoresNothing(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	_, err := register(t, e.dial(t, nil), "rack-a", bytes.Repeat([]byte{0x01}, 16))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "shared secret mismatch") {
 		t.Fatalf("register with a wrong secret: got %v, want PermissionDenied shared secret mismatch", err)
 	}
-	if n := e.store.rackCount(); n != 0 {
-		t.Errorf("%d racks stored after a failed registration", n)
+	racks, err := e.store.ListRacks(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if evs := e.store.eventsCopy(); len(evs) != 0 {
+	if len(racks) != 0 {
+		t.Errorf("racks stored after a failed registration: %v", racks)
+	}
+	if evs := events(t, e.store, 0); len(evs) != 0 {
 		t.Errorf("events stored after a failed registration: %v", evs)
 	}
 }
 
 func TestProofsBindInputs(t *testing.T) {
+	t.Parallel()
 	secret := []byte("0123456789abcdef")
 	a, b := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	base := RegionProof(secret, a, b, []byte("ca"))
@@ -237,6 +249,7 @@ func TestProofsBindInputs(t *testing.T) {
 }
 
 func TestRegisterBadHello(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	conn := e.dial(t, nil)
 	tests := []struct {
@@ -266,6 +279,7 @@ func TestRegisterBadHello(t *testing.T) {
 }
 
 func TestRegisterStepTimeout(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t, func(c *Config) { c.StepTimeout = 200 * time.Millisecond })
 	stream, err := rackv1.NewRegistrationServiceClient(e.dial(t, nil)).Register(context.Background())
 	if err != nil {
@@ -288,6 +302,7 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 	_, out["Hello"] = c.Hello(ctx, &rackv1.HelloRequest{})
 	_, out["GetBootConfig"] = c.GetBootConfig(ctx, &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2"})
 	_, out["SendEvents"] = c.SendEvents(ctx, &rackv1.SendEventsRequest{})
+	_, out["ReportLeases"] = c.ReportLeases(ctx, &rackv1.ReportLeasesRequest{})
 	if s, err := c.WatchConfig(ctx, &rackv1.WatchConfigRequest{}); err != nil {
 		out["WatchConfig"] = err
 	} else {
@@ -302,9 +317,15 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 }
 
 func TestRackServiceRefusesWithoutValidCertificate(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
-	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 5 {
+	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 6 {
 		t.Fatalf("RackService has %d methods; update rackCalls", n)
+	}
+	// A registered rack, whose ID the foreign certificate below claims.
+	real, err := register(t, e.dial(t, nil), "real", e.secret)
+	if err != nil {
+		t.Fatal(err)
 	}
 	// A certificate from the right CA for a rack id that is not registered.
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -317,12 +338,8 @@ func TestRackServiceRefusesWithoutValidCertificate(t *testing.T) {
 	ghost := tls.Certificate{Certificate: [][]byte{ghostDER}, PrivateKey: key}
 	// A certificate from another CA.
 	other, _ := certs.NewCA(time.Now())
-	foreignDER, _ := other.SignRack(csr, "rack-000001", time.Now())
+	foreignDER, _ := other.SignRack(csr, real.rackID, time.Now())
 	foreign := tls.Certificate{Certificate: [][]byte{foreignDER}, PrivateKey: key}
-	// Register a real rack so that "rack-000001" exists.
-	if _, err := register(t, e.dial(t, nil), "real", e.secret); err != nil {
-		t.Fatal(err)
-	}
 
 	tests := []struct {
 		name  string
@@ -371,23 +388,47 @@ func hmacSHA256(key, msg []byte) []byte {
 	return outer[:]
 }
 
-func setupImage(fs *fakeStore) (kernel, initrd store.BootFile) {
-	kernel = store.BootFile{Filename: FileKernel, SHA256: strings.Repeat("a", 64), Size: 10}
-	initrd = store.BootFile{Filename: FileInitrd, SHA256: strings.Repeat("b", 64), Size: 20}
-	fs.resources = append(fs.resources, store.BootResource{ID: 1, Name: "custom/ephemeral", Arch: "amd64/generic",
-		Kind: "kernel-initrd", Files: []store.BootFile{kernel, initrd}})
+// setupImage stores custom/ephemeral for amd64/generic with a 10-byte
+// kernel and a 20-byte initrd.
+func setupImage(t testing.TB, st *store.Store) (kernel, initrd store.BootFile) {
+	t.Helper()
+	kernel = putBlob(t, st, FileKernel, []byte("kernel 10b"))
+	initrd = putBlob(t, st, FileInitrd, []byte("initrd of 20 bytes.."))
+	if kernel.Size != 10 || initrd.Size != 20 {
+		t.Fatalf("blob sizes %d and %d, want 10 and 20", kernel.Size, initrd.Size)
+	}
+	if _, err := st.SaveBootResource(ctxT(t), store.BootResource{Name: "custom/ephemeral", Arch: "amd64/generic",
+		Kind: "kernel-initrd", Files: []store.BootFile{kernel, initrd}}); err != nil {
+		t.Fatal(err)
+	}
 	return kernel, initrd
 }
 
-func TestGetBootConfig(t *testing.T) {
-	e := newTestEnv(t)
-	kernel, initrd := setupImage(e.store)
-	e.store.config[ConfigCommissioningImage] = "custom/ephemeral"
-	e.store.config[ConfigKernelOpts] = "console=ttyS0"
-	e.store.machines = []store.Machine{
-		{SystemID: "abc123", Hostname: "happy-cat", Status: "New", Arch: "amd64/generic", MACs: []string{"52:54:00:12:34:56"}},
-		{SystemID: "def456", Hostname: "sad-dog", Status: "New", Arch: "amd64/generic", HardwareUUID: "4c4c4544-0000-1000-8000-000000000001", MACs: []string{"52:54:00:00:00:99"}},
+// setConfig sets config keys in the store.
+func setConfig(t testing.TB, st *store.Store, kv ...string) {
+	t.Helper()
+	for i := 0; i+1 < len(kv); i += 2 {
+		if err := st.SetConfig(ctxT(t), kv[i], kv[i+1]); err != nil {
+			t.Fatal(err)
+		}
 	}
+}
+
+func TestGetBootConfig(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	kernel, initrd := setupImage(t, e.store)
+	setConfig(t, e.store, ConfigCommissioningImage, "custom/ephemeral", ConfigKernelOpts, "console=ttyS0")
+	enlist := func(m store.Machine) store.Machine {
+		t.Helper()
+		got, created, err := e.store.EnlistMachine(ctxT(t), m)
+		if err != nil || !created {
+			t.Fatalf("enlist %v: created %v, %v", m.MACs, created, err)
+		}
+		return got
+	}
+	byMAC := enlist(store.Machine{Arch: "amd64/generic", MACs: []string{"52:54:00:12:34:56"}})
+	byUUID := enlist(store.Machine{Arch: "amd64/generic", HardwareUUID: "4c4c4544-0000-1000-8000-000000000001", MACs: []string{"52:54:00:00:00:99"}})
 	client, _ := e.rackClient(t, "rack-a")
 	pk := &rackv1.BootFile{Sha256: kernel.SHA256, Size: kernel.Size, Filename: kernel.Filename}
 	pi := &rackv1.BootFile{Sha256: initrd.SHA256, Size: initrd.Size, Filename: initrd.Filename}
@@ -414,8 +455,8 @@ func TestGetBootConfig(t *testing.T) {
 			name: "known mac powers off",
 			req:  &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", RemoteIp: "10.0.0.51", Mac: "52-54-00-12-34-56", Path: "pxelinux.cfg/01-52-54-00-12-34-56"},
 			want: &rackv1.GetBootConfigResponse{Arch: "amd64", Subarch: "generic", Osystem: "custom", Release: "ephemeral",
-				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: "happy-cat", Domain: "local", SystemId: "abc123",
-				MetadataUrl: "http://10.0.0.2:5248/MAAS/metadata/latest/by-id/abc123/?op=get_preseed",
+				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: byMAC.Hostname, Domain: "local", SystemId: byMAC.SystemID,
+				MetadataUrl: "http://10.0.0.2:5248/MAAS/metadata/latest/by-id/" + byMAC.SystemID + "/?op=get_preseed",
 				LogHost:     "10.0.0.2", LogPort: 5247, ExtraOpts: "console=ttyS0"},
 			eventMAC:  "52:54:00:12:34:56",
 			eventDesc: "purpose poweroff arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56",
@@ -424,8 +465,8 @@ func TestGetBootConfig(t *testing.T) {
 			name: "known uuid powers off",
 			req:  &rackv1.GetBootConfigRequest{LocalIp: "fd00::2", HardwareUuid: "4C4C4544-0000-1000-8000-000000000001", Path: "pxelinux.cfg/4c4c4544-0000-1000-8000-000000000001"},
 			want: &rackv1.GetBootConfigResponse{Arch: "amd64", Subarch: "generic", Osystem: "custom", Release: "ephemeral",
-				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: "sad-dog", Domain: "local", SystemId: "def456",
-				MetadataUrl: "http://[fd00::2]:5248/MAAS/metadata/latest/by-id/def456/?op=get_preseed",
+				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: byUUID.Hostname, Domain: "local", SystemId: byUUID.SystemID,
+				MetadataUrl: "http://[fd00::2]:5248/MAAS/metadata/latest/by-id/" + byUUID.SystemID + "/?op=get_preseed",
 				LogHost:     "fd00::2", LogPort: 5247, ExtraOpts: "console=ttyS0"},
 			eventMAC:  "52:54:00:00:00:99",
 			eventDesc: "purpose poweroff arch amd64 path pxelinux.cfg/4c4c4544-0000-1000-8000-000000000001",
@@ -451,7 +492,7 @@ func TestGetBootConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(e.store.eventsCopy())
+			before := lastEventID(t, e.store)
 			got, err := client.GetBootConfig(context.Background(), tc.req)
 			if status.Code(err) != tc.code {
 				t.Fatalf("code = %v (%v), want %v", status.Code(err), err, tc.code)
@@ -459,7 +500,7 @@ func TestGetBootConfig(t *testing.T) {
 			if diff := cmp.Diff(tc.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("response (-want +got):\n%s", diff)
 			}
-			evs := e.store.eventsCopy()[before:]
+			evs := events(t, e.store, before)
 			if len(evs) != 1 {
 				t.Fatalf("%d events recorded, want 1: %v", len(evs), evs)
 			}
@@ -474,7 +515,7 @@ func TestGetBootConfig(t *testing.T) {
 	}
 
 	t.Run("no commissioning image", func(t *testing.T) {
-		delete(e.store.config, ConfigCommissioningImage)
+		setConfig(t, e.store, ConfigCommissioningImage, "") // how an operator unsets it
 		_, err := client.GetBootConfig(context.Background(), &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", Path: "pxelinux.cfg/default"})
 		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ferrite config set commissioning_image NAME") {
 			t.Errorf("got %v, want FailedPrecondition naming the fix", err)
@@ -483,6 +524,7 @@ func TestGetBootConfig(t *testing.T) {
 }
 
 func TestWatchConfigSendsAtOnceAndOnChange(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	client, reg := e.rackClient(t, "rack-a")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -499,30 +541,50 @@ func TestWatchConfigSendsAtOnceAndOnChange(t *testing.T) {
 		t.Errorf("first config = %v, want no subnets and a version", first.GetConfig())
 	}
 
-	e.store.mu.Lock()
-	e.store.subnets[reg.rackID] = []store.Subnet{{ID: 1, CIDR: mustPrefix("10.0.0.0/24"), Gateway: mustAddr("10.0.0.1"),
-		DNSServers: []netipAddr{mustAddr("10.0.0.1")}, Domain: "lab", DynamicRanges: []store.IPRange{{Start: mustAddr("10.0.0.100"), End: mustAddr("10.0.0.200")}}}}
-	e.store.mu.Unlock()
-	setupImage(e.store)
-	e.store.notify <- struct{}{}
-
-	second, err := stream.Recv()
-	if err != nil {
+	// Real changes, each committed with its own NOTIFY: a subnet of this
+	// rack, a subnet of another rack (not sent to this one) and an image.
+	ctxS := ctxT(t)
+	if _, err := e.store.CreateSubnet(ctxS, store.Subnet{CIDR: mustPrefix("10.0.0.0/24"), Gateway: mustAddr("10.0.0.1"),
+		DNSServers: []netipAddr{mustAddr("10.0.0.1")}, Domain: "lab", RackID: reg.rackID,
+		DynamicRanges: []store.IPRange{{Start: mustAddr("10.0.0.100"), End: mustAddr("10.0.0.200")}}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := e.store.RegisterRack(ctxS, "rack-b", "test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.CreateSubnet(ctxS, store.Subnet{CIDR: mustPrefix("10.1.0.0/24"), Rack: "rack-b"}); err != nil {
+		t.Fatal(err)
+	}
+	kernel, initrd := setupImage(t, e.store)
+
 	want := &rackv1.RackConfig{
 		Subnets: []*rackv1.Subnet{{Cidr: "10.0.0.0/24", Gateway: "10.0.0.1", DnsServers: []string{"10.0.0.1"}, Domain: "lab",
-			DynamicRanges: []*rackv1.IPRange{{Start: "10.0.0.100", End: "10.0.0.200"}}}},
+			Mtu: store.DefaultMTU, DynamicRanges: []*rackv1.IPRange{{Start: "10.0.0.100", End: "10.0.0.200"}}}},
 		BootFiles: []*rackv1.BootFile{
-			{Sha256: strings.Repeat("a", 64), Size: 10, Filename: FileKernel},
-			{Sha256: strings.Repeat("b", 64), Size: 20, Filename: FileInitrd},
+			{Sha256: kernel.SHA256, Size: 10, Filename: FileKernel},
+			{Sha256: initrd.SHA256, Size: 20, Filename: FileInitrd},
 		},
 	}
-	if diff := cmp.Diff(want, second.GetConfig(), protocmp.Transform(), protocmp.IgnoreFields(&rackv1.RackConfig{}, "version")); diff != "" {
-		t.Errorf("config after change (-want +got):\n%s", diff)
-	}
-	if second.GetConfig().GetVersion() <= first.GetConfig().GetVersion() {
-		t.Errorf("version did not grow: %d then %d", first.GetConfig().GetVersion(), second.GetConfig().GetVersion())
+	slices.SortFunc(want.BootFiles, func(a, b *rackv1.BootFile) int { return strings.Compare(a.Sha256, b.Sha256) })
+	// Each commit may or may not arrive as a config of its own; the stream
+	// must reach the final state with a growing version.
+	prev := first.GetConfig()
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("waiting for %v, last config %v: %v", want, prev, err)
+		}
+		got := msg.GetConfig()
+		if got.GetVersion() <= prev.GetVersion() {
+			t.Errorf("version did not grow: %d then %d", prev.GetVersion(), got.GetVersion())
+		}
+		if sameConfig(got, prev) {
+			t.Errorf("config sent again unchanged: %v", got)
+		}
+		prev = got
+		if cmp.Diff(want, got, protocmp.Transform(), protocmp.IgnoreFields(&rackv1.RackConfig{}, "version")) == "" {
+			break
+		}
 	}
 	if n := e.srv.changes.count(); n != 1 {
 		t.Errorf("%d subscribers, want 1", n)
@@ -530,14 +592,19 @@ func TestWatchConfigSendsAtOnceAndOnChange(t *testing.T) {
 }
 
 func TestFetchFile(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	data := make([]byte, 2*ChunkSize+12345)
 	_, _ = rand.Read(data)
 	sum := sha256.Sum256(data)
 	sumHex := hex.EncodeToString(sum[:])
-	e.store.blobs[sumHex] = data
 	empty := sha256.Sum256(nil)
-	e.store.blobs[hex.EncodeToString(empty[:])] = nil
+	blobs := map[string][]byte{sumHex: data, hex.EncodeToString(empty[:]): nil}
+	for sha, b := range blobs {
+		if f := putBlob(t, e.store, "x", b); f.SHA256 != sha {
+			t.Fatalf("stored blob has sha256 %s, want %s", f.SHA256, sha)
+		}
+	}
 	client, _ := e.rackClient(t, "rack-a")
 
 	fetch := func(sha string, offset int64) ([]byte, int64, int, error) {
@@ -597,8 +664,8 @@ func TestFetchFile(t *testing.T) {
 			if !bytes.Equal(got, tc.want) {
 				t.Errorf("got %d bytes, want %d (content differs)", len(got), len(tc.want))
 			}
-			if size != int64(len(e.store.blobs[tc.sha])) {
-				t.Errorf("size = %d, want %d", size, len(e.store.blobs[tc.sha]))
+			if size != int64(len(blobs[tc.sha])) {
+				t.Errorf("size = %d, want %d", size, len(blobs[tc.sha]))
 			}
 			if msgs != tc.wantMsgs {
 				t.Errorf("%d messages, want %d", msgs, tc.wantMsgs)
@@ -608,9 +675,10 @@ func TestFetchFile(t *testing.T) {
 }
 
 func TestSendEvents(t *testing.T) {
+	t.Parallel()
 	e := newTestEnv(t)
 	client, _ := e.rackClient(t, "rack-a")
-	before := len(e.store.eventsCopy())
+	before := lastEventID(t, e.store)
 	ts := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	_, err := client.SendEvents(context.Background(), &rackv1.SendEventsRequest{Events: []*rackv1.Event{
 		{TimeUnixNano: ts.UnixNano(), Type: "DHCP_ACK", Mac: "52:54:00:AB:CD:EF", Ip: "10.0.0.50", Description: "ack\nline"},
@@ -618,13 +686,27 @@ func TestSendEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := e.store.eventsCopy()[before:]
+	got := events(t, e.store, before)
 	want := []store.Event{{Time: ts, Type: "DHCP_ACK", MAC: "52:54:00:ab:cd:ef", IP: "10.0.0.50", Rack: "rack-a", Description: "ack line"}}
-	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) }),
+		cmpopts.IgnoreFields(store.Event{}, "ID")); diff != "" {
 		t.Errorf("stored events (-want +got):\n%s", diff)
 	}
 	_, err = client.SendEvents(context.Background(), &rackv1.SendEventsRequest{Events: []*rackv1.Event{{Type: "bad type"}}})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad type: got %v, want InvalidArgument", err)
+	}
+}
+
+// TestStoreFailureIsInternal closes the real store under a registered rack:
+// calls then fail as Internal without the database's error.
+func TestStoreFailureIsInternal(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	client, _ := e.rackClient(t, "rack-a")
+	e.store.Close()
+	_, err := client.GetBootConfig(ctxT(t), &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", Path: "pxelinux.cfg/default"})
+	if status.Code(err) != codes.Internal || strings.Contains(err.Error(), "pool") {
+		t.Errorf("got %v, want Internal without database details", err)
 	}
 }
