@@ -14,17 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	pintftp "github.com/pin/tftp/v3"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	rackv1 "github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1"
+	"github.com/ferrite-metal/ferrite/pkg/testutil/pgtest"
 	"github.com/ferrite-metal/ferrite/rackd"
-	"github.com/ferrite-metal/ferrite/rackd/internal/fakeregion"
+	"github.com/ferrite-metal/ferrite/regiond/apiclient"
+	"github.com/ferrite-metal/ferrite/regiond/regiontest"
 )
-
-const secretHex = "00112233445566778899aabbccddeeff"
 
 func freePort(t *testing.T, network string) int {
 	t.Helper()
@@ -46,8 +44,10 @@ func freePort(t *testing.T, network string) int {
 	}
 }
 
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
 func TestRegisterWrongSecret(t *testing.T) {
-	region := fakeregion.Start(t, secretHex)
+	region := regiontest.Start(t)
 	err := rackd.Register(context.Background(), rackd.RegisterConfig{
 		URL: region.HTTPURL, Secret: "ffeeddccbbaa99887766554433221100", StateDir: t.TempDir(), Name: "rack1",
 	}, zaptest.NewLogger(t))
@@ -56,33 +56,44 @@ func TestRegisterWrongSecret(t *testing.T) {
 	}
 }
 
-// TestRegisterAndRun registers against a fake region, runs the rack and
-// boots a pretend machine: lpxelinux.0 over TFTP, pxelinux.cfg/default and
-// the kernel over HTTP, metadata through /MAAS/, events back to the region.
+// TestRegisterAndRun registers with a real region, runs the rack and boots
+// a pretend machine: lpxelinux.0 over TFTP, pxelinux.cfg/default and the
+// kernel over HTTP, the enlistment preseed and enlistment through /MAAS/,
+// events back to the region.
 func TestRegisterAndRun(t *testing.T) {
-	region := fakeregion.Start(t, secretHex)
+	region := regiontest.Start(t)
+	api, err := apiclient.New(region.HTTPURL, region.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
 	state := t.TempDir()
 	log := zaptest.NewLogger(t)
-	if err := rackd.Register(context.Background(), rackd.RegisterConfig{URL: region.HTTPURL, Secret: secretHex, StateDir: state, Name: "rack1"}, log); err != nil {
+	if err := rackd.Register(context.Background(), rackd.RegisterConfig{URL: region.HTTPURL, Secret: region.SecretHex, StateDir: state, Name: "rack1"}, log); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
-
-	kernelData := bytes.Repeat([]byte("KERNEL"), 50_000)
-	kernel := region.AddFile("boot-kernel", kernelData)
-	initrd := region.AddFile("boot-initrd", bytes.Repeat([]byte("INITRD"), 20_000))
-	region.SetConfig(&rackv1.RackConfig{Version: 1, BootFiles: []*rackv1.BootFile{kernel, initrd}, RegionHttpUrls: []string{region.HTTPURL}})
-	region.Lock()
-	region.BootConfig = func(req *rackv1.GetBootConfigRequest) (*rackv1.GetBootConfigResponse, error) {
-		if req.GetMac() != "" {
-			return nil, status.Error(codes.NotFound, "unknown machine")
-		}
-		return &rackv1.GetBootConfigResponse{
-			Arch: "amd64", Subarch: "generic", Purpose: "enlist", Hostname: "ferrite-enlist", Domain: "local",
-			Kernel: kernel, Initrd: initrd, LogHost: req.GetLocalIp(), LogPort: 5247,
-			MetadataUrl: "http://" + req.GetLocalIp() + ":5248/MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed",
-		}, nil
+	if racks, err := api.ListRacks(context.Background()); err != nil || len(racks) != 1 || racks[0].Name != "rack1" {
+		t.Fatalf("racks after Register: %+v, %v", racks, err)
 	}
-	region.Unlock()
+
+	// The operator uploads the commissioning image.
+	kernelData := bytes.Repeat([]byte("KERNEL"), 50_000)
+	initrdData := bytes.Repeat([]byte("INITRD"), 20_000)
+	im, err := api.UploadImage(context.Background(), "custom/ephemeral", "amd64/generic", bytes.NewReader(kernelData), bytes.NewReader(initrdData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.SetConfig(context.Background(), "commissioning_image", "custom/ephemeral"); err != nil {
+		t.Fatal(err)
+	}
+	var kernel, initrd apiclient.ImageFile
+	for _, f := range im.Files {
+		switch f.Filename {
+		case "boot-kernel":
+			kernel = f
+		case "boot-initrd":
+			initrd = f
+		}
+	}
 
 	loaders := t.TempDir()
 	loaderData := bytes.Repeat([]byte{0xeb, 0x3c}, 30_000)
@@ -110,10 +121,12 @@ func TestRegisterAndRun(t *testing.T) {
 		}
 	}()
 
-	// The rack syncs the boot files listed in the config.
+	// The rack syncs the boot files listed in the config (the client asks
+	// for the config only after its Hello succeeded; regionclient's
+	// TestClient counts the Hellos).
 	waitFor(t, "cache sync", func() bool {
-		_, err1 := os.Stat(filepath.Join(state, "cache", kernel.GetSha256()))
-		_, err2 := os.Stat(filepath.Join(state, "cache", initrd.GetSha256()))
+		_, err1 := os.Stat(filepath.Join(state, "cache", kernel.SHA256))
+		_, err2 := os.Stat(filepath.Join(state, "cache", initrd.SHA256))
 		return err1 == nil && err2 == nil
 	})
 	if _, err := os.Stat(filepath.Join(state, "config.json")); err != nil {
@@ -143,8 +156,8 @@ func TestRegisterAndRun(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("pxelinux.cfg/default: %d %s", code, body)
 	}
-	kernelURL := base + "/images/" + kernel.GetSha256() + "/boot-kernel"
-	for _, want := range []string{"KERNEL " + kernelURL, "INITRD " + base + "/images/" + initrd.GetSha256() + "/boot-initrd", "cloud-config-url=http://127.0.0.1:5248/MAAS/"} {
+	kernelURL := base + "/images/" + kernel.SHA256 + "/boot-kernel"
+	for _, want := range []string{"KERNEL " + kernelURL, "INITRD " + base + "/images/" + initrd.SHA256 + "/boot-initrd", "cloud-config-url=http://127.0.0.1:5248/MAAS/"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("pxelinux.cfg/default lacks %q:\n%s", want, body)
 		}
@@ -153,34 +166,57 @@ func TestRegisterAndRun(t *testing.T) {
 		t.Errorf("kernel over HTTP: %d, %d bytes", code, len(got))
 	}
 
-	// /MAAS/ goes to the region with the machine's Host header.
+	// /MAAS/ goes to the region with the machine's Host header: the region
+	// builds the enlistment URL from it. (That X-Forwarded-For carries the
+	// machine's address is httpboot's TestProxy: the region does not echo it.)
 	code, body = get(t, base+"/MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed")
-	var echo map[string]string
-	if code != 200 || json.Unmarshal(body, &echo) != nil || echo["host"] != "127.0.0.1:"+strconv.Itoa(httpPort) || echo["x_forwarded_for"] != "127.0.0.1" {
-		t.Errorf("proxy: %d %s", code, body)
+	if want := "http://127.0.0.1:" + strconv.Itoa(httpPort) + "/MAAS/metadata/enlist"; code != 200 || !strings.Contains(string(body), want) {
+		t.Errorf("enlist preseed through the proxy: %d, want 200 naming %s:\n%s", code, want, body)
+	}
+	resp, err := http.Post(base+"/MAAS/metadata/enlist", "application/json",
+		strings.NewReader(`{"architecture":"amd64/generic","mac_addresses":["52:54:00:12:34:56"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var enlisted struct {
+		SystemID string `json:"system_id"`
+		Hostname string `json:"hostname"`
+	}
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &enlisted) != nil || enlisted.SystemID == "" || enlisted.Hostname == "" {
+		t.Fatalf("enlist through the proxy: %d %s", resp.StatusCode, body)
+	}
+	// Once enlisted, the machine's own config exists.
+	if code, body := get(t, base+"/pxelinux.cfg/01-52-54-00-12-34-56"); code != 200 {
+		t.Errorf("enlisted MAC config: %d %s", code, body)
 	}
 
-	// Events reach the region.
+	// Events reach the region, and it recorded each boot config question.
+	var bootConfigs []string
 	waitFor(t, "events", func() bool {
+		evs, err := api.ListEvents(context.Background(), apiclient.EventFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		var tftpEv, httpEv bool
-		for _, e := range region.EventsSnapshot() {
-			tftpEv = tftpEv || (e.GetType() == "TFTP_REQUEST" && e.GetDescription() == "lpxelinux.0" && e.GetIp() == "127.0.0.1")
-			httpEv = httpEv || (e.GetType() == "HTTP_REQUEST" && e.GetDescription() == "pxelinux.cfg/default")
+		bootConfigs = nil
+		for _, e := range evs {
+			tftpEv = tftpEv || (e.Type == "TFTP_REQUEST" && e.Description == "lpxelinux.0" && e.IP == "127.0.0.1" && e.Rack == "rack1")
+			httpEv = httpEv || (e.Type == "HTTP_REQUEST" && e.Description == "pxelinux.cfg/default" && e.Rack == "rack1")
+			if e.Type == "BOOT_CONFIG" {
+				bootConfigs = append(bootConfigs, e.IP+" "+e.Description)
+			}
 		}
 		return tftpEv && httpEv
 	})
-	region.Lock()
-	var paths []string
-	for _, r := range region.BootRequests {
-		paths = append(paths, r.GetPath()+"@"+r.GetLocalIp())
+	wantBootConfigs := []string{
+		"127.0.0.1 no answer (unknown machine) path pxelinux.cfg/01-52-54-00-12-34-56",
+		"127.0.0.1 purpose enlist arch amd64 path pxelinux.cfg/default",
+		"127.0.0.1 purpose poweroff arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56",
 	}
-	hellos := len(region.Hellos)
-	region.Unlock()
-	if strings.Join(paths, ",") != "pxelinux.cfg/01-52-54-00-12-34-56@127.0.0.1,pxelinux.cfg/default@127.0.0.1" {
-		t.Errorf("GetBootConfig paths = %v", paths)
-	}
-	if hellos != 1 {
-		t.Errorf("hellos = %d, want 1", hellos)
+	if diff := cmp.Diff(wantBootConfigs, bootConfigs); diff != "" {
+		t.Errorf("BOOT_CONFIG events (-want +got):\n%s", diff)
 	}
 }
 

@@ -17,9 +17,14 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/ferrite-metal/ferrite/regiond/regiontest"
 )
 
-// uploadSeen is what the fake image endpoint received.
+// testToken is the token of the stalling image server below.
+const testToken = "s3cret-token"
+
+// uploadSeen is what the stalling image server received.
 type uploadSeen struct {
 	Fields map[string]string   // name, arch
 	Files  map[string]fileSeen // by form field: kernel, initrd
@@ -31,9 +36,12 @@ type fileSeen struct {
 	Size     int64
 }
 
-// imageServer is a fake POST /api/v1/images that reads the multipart body
-// part by part as it arrives. afterKernelBytes, if set, is called once the
-// kernel part has delivered that many bytes.
+// imageServer is an adversarial double of POST /api/v1/images, kept
+// because a real region cannot do what TestUploadImageStreams needs: hold
+// the upload still mid-body so the test can prove the client streams
+// instead of buffering. It reads the multipart body part by part as it
+// arrives; onKernelBytes, if set, is called once the kernel part has
+// delivered afterKernelBytes.
 type imageServer struct {
 	mu               sync.Mutex
 	seen             uploadSeen
@@ -153,7 +161,7 @@ func TestUploadImageStreams(t *testing.T) {
 	srv := httptest.NewServer(s)
 	defer srv.Close()
 
-	c := newTestClient(t, srv.URL)
+	c := newTestClient(t, srv.URL, testToken)
 	kr := &gatedReader{r: bytes.NewReader(kernel), gateAt: 2 << 20, gate: gate, timeout: 20 * time.Second}
 	im, err := c.UploadImage(context.Background(), "custom/ephemeral", "amd64/generic", kr, bytes.NewReader(initrd))
 	if err != nil {
@@ -195,10 +203,58 @@ func (f *failingReader) Read(p []byte) (int, error) {
 	return k, nil
 }
 
+// TestUploadImage sends several MiB to a real region and reads them back
+// from its store.
+func TestUploadImage(t *testing.T) {
+	r, tp := startRegion(t)
+	kernel := randomBytes(3, 5<<20+11)
+	initrd := randomBytes(4, 1<<20+3)
+	c := newTestClient(t, tp.URL, r.Token)
+	im, err := c.UploadImage(context.Background(), "custom/ephemeral", "amd64", bytes.NewReader(kernel), bytes.NewReader(initrd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	brs, err := r.Store.BootResources(context.Background(), "custom/ephemeral")
+	if err != nil || len(brs) != 1 {
+		t.Fatalf("stored images = %+v, %v", brs, err)
+	}
+	want := Image{Name: "custom/ephemeral", Arch: "amd64/generic", Kind: "kernel-initrd", Created: seconds(brs[0].Created),
+		Files: []ImageFile{{"boot-initrd", sum(initrd), int64(len(initrd))}, {"boot-kernel", sum(kernel), int64(len(kernel))}}}
+	if diff := cmp.Diff(want, im); diff != "" {
+		t.Errorf("image (-want +got):\n%s", diff)
+	}
+	for _, f := range []struct {
+		sha  string
+		data []byte
+	}{{sum(kernel), kernel}, {sum(initrd), initrd}} {
+		rc, _, err := r.Store.OpenBlob(context.Background(), f.sha, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, f.data) {
+			t.Errorf("blob %s: %d bytes, %v", f.sha, len(got), err)
+		}
+	}
+	if reqs := tp.requests(); len(reqs) != 1 || reqs[0].Method != "POST" || reqs[0].Path != "/api/v1/images" ||
+		!strings.HasPrefix(reqs[0].ContentType, "multipart/form-data; boundary=") {
+		t.Errorf("requests = %+v", reqs)
+	}
+}
+
+// noImages fails t if the region stored any image.
+func noImages(t *testing.T, r *regiontest.Region) {
+	t.Helper()
+	brs, err := r.Store.BootResources(context.Background(), "")
+	if err != nil || len(brs) != 0 {
+		t.Errorf("images stored: %+v, %v", brs, err)
+	}
+}
+
 func TestUploadImageReadError(t *testing.T) {
-	srv := httptest.NewServer(&imageServer{})
-	defer srv.Close()
-	c := newTestClient(t, srv.URL)
+	r, tp := startRegion(t)
+	c := newTestClient(t, tp.URL, r.Token)
 	diskErr := errors.New("disk on fire")
 	_, err := c.UploadImage(context.Background(), "custom/x", "amd64/generic",
 		bytes.NewReader([]byte("kernel")), &failingReader{n: 1 << 20, err: diskErr})
@@ -208,20 +264,19 @@ func TestUploadImageReadError(t *testing.T) {
 	if want := "upload image custom/x: read initrd: disk on fire"; err.Error() != want {
 		t.Errorf("err = %q, want %q", err, want)
 	}
+	noImages(t, r)
 }
 
+// TestUploadImageAPIErrorBeforeBodyIsRead: the region refuses a bad token
+// before it reads the body.
 func TestUploadImageAPIErrorBeforeBodyIsRead(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusBadRequest)
-		io.WriteString(w, `{"error":"arch \"sparc/generic\" is not supported"}`)
-	}))
-	defer srv.Close()
-	c := newTestClient(t, srv.URL)
+	r, tp := startRegion(t)
+	c := newTestClient(t, tp.URL, "wrong")
 	// Far more than the server's unread-body allowance, so it stops reading.
 	big := &failingReader{n: 16 << 20, err: io.EOF}
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.UploadImage(context.Background(), "custom/x", "sparc/generic", big, strings.NewReader("initrd"))
+		_, err := c.UploadImage(context.Background(), "custom/x", "amd64/generic", big, strings.NewReader("initrd"))
 		done <- err
 	}()
 	select {
@@ -231,32 +286,53 @@ func TestUploadImageAPIErrorBeforeBodyIsRead(t *testing.T) {
 			// The server may reset the connection before the client reads the answer;
 			// what matters is that UploadImage returns rather than hangs.
 			t.Logf("not an API error (connection reset first): %v", err)
-			return
+			break
 		}
-		if diff := cmp.Diff(&Error{400, `arch "sparc/generic" is not supported`, "POST", "/api/v1/images"}, apiErr); diff != "" {
+		if diff := cmp.Diff(&Error{401, "invalid API token", "POST", "/api/v1/images"}, apiErr); diff != "" {
 			t.Errorf("error (-want +got):\n%s", diff)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("UploadImage hung after the server answered early")
 	}
+	noImages(t, r)
 }
 
-func TestUploadImageCancel(t *testing.T) {
-	started := make(chan struct{})
-	var once sync.Once
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.CopyN(io.Discard, r.Body, 1<<10)
-		once.Do(func() { close(started) })
-		// Returns when the client gives up (the connection is closed), or never answers.
-		io.Copy(io.Discard, r.Body)
-		<-r.Context().Done()
-	}))
-	defer srv.Close()
-	c := newTestClient(t, srv.URL)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-started; cancel() }()
-	_, err := c.UploadImage(ctx, "custom/x", "amd64/generic", &failingReader{n: 1 << 40, err: io.EOF}, strings.NewReader("i"))
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", err)
+// cancelAfter yields zeros without end and calls cancel once n bytes have
+// been read.
+type cancelAfter struct {
+	n      int64
+	read   int64
+	cancel func()
+}
+
+func (c *cancelAfter) Read(p []byte) (int, error) {
+	clear(p)
+	c.read += int64(len(p))
+	if c.read >= c.n && c.cancel != nil {
+		c.cancel()
+		c.cancel = nil
 	}
+	return len(p), nil
+}
+
+// TestUploadImageCancel cancels an endless upload to a real region part way.
+func TestUploadImageCancel(t *testing.T) {
+	r, tp := startRegion(t)
+	c := newTestClient(t, tp.URL, r.Token)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.UploadImage(ctx, "custom/x", "amd64/generic", &cancelAfter{n: 4 << 20, cancel: cancel}, strings.NewReader("i"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("UploadImage did not return after cancel")
+	}
+	noImages(t, r)
 }

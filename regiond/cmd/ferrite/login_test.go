@@ -37,17 +37,17 @@ func writeLogin(t testing.TB, path string, l login) {
 }
 
 func TestLoginSavesAndIsUsed(t *testing.T) {
-	f := newFakeAPI(t)
+	f := newRegion(t, seedInventory)
 	cfg := t.TempDir()
 	env := map[string]string{"XDG_CONFIG_HOME": cfg, "HOME": "/nonexistent"}
 	path := filepath.Join(cfg, "ferrite", "login.json")
 
-	got := runCLI(t, env, "login", "--url", f.srv.URL+"/", "--token", testToken+"\n")
-	want := result{0, "Logged in to " + f.srv.URL + " (saved to " + path + ").\n", ""}
+	got := runCLI(t, env, "login", "--url", f.URL+"/", "--token", f.Token+"\n")
+	want := result{0, "Logged in to " + f.URL + " (saved to " + path + ").\n", ""}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("login (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(login{URL: f.srv.URL, Token: testToken}, readLogin(t, path)); diff != "" {
+	if diff := cmp.Diff(login{URL: f.URL, Token: f.Token}, readLogin(t, path)); diff != "" {
 		t.Errorf("saved login (-want +got):\n%s", diff)
 	}
 	if st, err := os.Stat(filepath.Dir(path)); err != nil || st.Mode().Perm() != 0o700 {
@@ -55,12 +55,12 @@ func TestLoginSavesAndIsUsed(t *testing.T) {
 	}
 
 	// Later commands use the saved login.
-	if got := runCLI(t, env, "machines", "show", "abc123"); got.Code != 0 {
+	if got := runCLI(t, env, "machines", "show", f.machine1.SystemID); got.Code != 0 {
 		t.Errorf("machines show with saved login: %+v", got)
 	}
 	wantReqs := []apiRequest{
 		{Method: "GET", Path: "/api/v1/machines"}, // login checks the token
-		{Method: "GET", Path: "/api/v1/machines/abc123"},
+		{Method: "GET", Path: "/api/v1/machines/" + f.machine1.SystemID},
 	}
 	if diff := cmp.Diff(wantReqs, f.requests()); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
@@ -70,20 +70,20 @@ func TestLoginSavesAndIsUsed(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f2 := newFakeAPI(t)
-	if got := runCLI(t, env, "login", "--url", f2.srv.URL, "--token", testToken); got.Code != 0 {
+	f2 := newRegion(t, seedInventory)
+	if got := runCLI(t, env, "login", "--url", f2.URL, "--token", f2.Token); got.Code != 0 {
 		t.Fatalf("second login: %+v", got)
 	}
-	if diff := cmp.Diff(login{URL: f2.srv.URL, Token: testToken}, readLogin(t, path)); diff != "" {
+	if diff := cmp.Diff(login{URL: f2.URL, Token: f2.Token}, readLogin(t, path)); diff != "" {
 		t.Errorf("saved login after second login (-want +got):\n%s", diff)
 	}
 }
 
 func TestLoginRejectedTokenSavesNothing(t *testing.T) {
-	f := newFakeAPI(t)
+	f := newRegion(t, seedInventory)
 	cfg := t.TempDir()
-	got := runCLI(t, map[string]string{"XDG_CONFIG_HOME": cfg}, "login", "--url", f.srv.URL, "--token", "wrong")
-	want := result{1, "", "ferrite: the region at " + f.srv.URL + " rejected the token: check --token (list machines: invalid API token (HTTP 401))\n"}
+	got := runCLI(t, map[string]string{"XDG_CONFIG_HOME": cfg}, "login", "--url", f.URL, "--token", "wrong")
+	want := result{1, "", "ferrite: the region at " + f.URL + " rejected the token: check --token (list machines: invalid API token (HTTP 401))\n"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
@@ -115,10 +115,10 @@ func TestLoginPath(t *testing.T) {
 }
 
 func TestLoginFromHOME(t *testing.T) {
-	f := newFakeAPI(t)
+	f := newRegion(t, seedInventory)
 	home := t.TempDir()
 	env := map[string]string{"HOME": home}
-	if got := runCLI(t, env, "login", "--url", f.srv.URL, "--token", testToken); got.Code != 0 {
+	if got := runCLI(t, env, "login", "--url", f.URL, "--token", f.Token); got.Code != 0 {
 		t.Fatalf("login: %+v", got)
 	}
 	readLogin(t, filepath.Join(home, ".config", "ferrite", "login.json"))
@@ -128,17 +128,17 @@ func TestLoginFromHOME(t *testing.T) {
 }
 
 func TestEnvOverridesSavedLogin(t *testing.T) {
-	f := newFakeAPI(t)
+	f := newRegion(t, seedInventory)
 	dead := "http://127.0.0.1:1" // nothing listens on port 1
 	tests := []struct {
 		name  string
 		saved *login
 		env   map[string]string
 	}{
-		{"env only", nil, map[string]string{"FERRITE_URL": f.srv.URL, "FERRITE_TOKEN": testToken}},
-		{"FERRITE_URL over saved URL", &login{URL: dead, Token: testToken}, map[string]string{"FERRITE_URL": f.srv.URL}},
-		{"FERRITE_TOKEN over saved token", &login{URL: f.srv.URL, Token: "stale"}, map[string]string{"FERRITE_TOKEN": testToken}},
-		{"both over saved", &login{URL: dead, Token: "stale"}, map[string]string{"FERRITE_URL": f.srv.URL, "FERRITE_TOKEN": testToken}},
+		{"env only", nil, map[string]string{"FERRITE_URL": f.URL, "FERRITE_TOKEN": f.Token}},
+		{"FERRITE_URL over saved URL", &login{URL: dead, Token: f.Token}, map[string]string{"FERRITE_URL": f.URL}},
+		{"FERRITE_TOKEN over saved token", &login{URL: f.URL, Token: "stale"}, map[string]string{"FERRITE_TOKEN": f.Token}},
+		{"both over saved", &login{URL: dead, Token: "stale"}, map[string]string{"FERRITE_URL": f.URL, "FERRITE_TOKEN": f.Token}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -179,9 +179,9 @@ func TestNotLoggedIn(t *testing.T) {
 }
 
 func TestUnauthorizedSaysLogInAgain(t *testing.T) {
-	f := newFakeAPI(t)
+	f := newRegion(t, seedInventory)
 	cfg := t.TempDir()
-	writeLogin(t, filepath.Join(cfg, "ferrite", "login.json"), login{URL: f.srv.URL, Token: "revoked"})
+	writeLogin(t, filepath.Join(cfg, "ferrite", "login.json"), login{URL: f.URL, Token: "revoked"})
 
 	got := runCLI(t, map[string]string{"XDG_CONFIG_HOME": cfg}, "machines", "list")
 	want := result{1, "", "ferrite: list machines: invalid API token (HTTP 401)\n" +
@@ -213,8 +213,8 @@ func TestCorruptSavedLogin(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 	// The environment alone still works.
-	f := newFakeAPI(t)
-	got = runCLI(t, map[string]string{"XDG_CONFIG_HOME": cfg, "FERRITE_URL": f.srv.URL, "FERRITE_TOKEN": testToken}, "racks", "list")
+	f := newRegion(t, seedInventory)
+	got = runCLI(t, map[string]string{"XDG_CONFIG_HOME": cfg, "FERRITE_URL": f.URL, "FERRITE_TOKEN": f.Token}, "racks", "list")
 	if got.Code != 0 {
 		t.Errorf("racks list with env and a corrupt file: %+v", got)
 	}
