@@ -52,17 +52,22 @@ func splitCmdline(cmdline string) []string {
 	return params
 }
 
-// parseBOOTIF turns pxelinux's BOOTIF value ("01-aa-bb-cc-dd-ee-ff": ARP hardware type 1,
-// Ethernet, then the MAC) into a lowercase colon-separated MAC.
+// parseBOOTIF turns a BOOTIF value into a lowercase colon-separated MAC.
+// pxelinux writes "01-aa-bb-cc-dd-ee-ff" (ARP hardware type 1, Ethernet,
+// then the MAC); GRUB can only write "01-aa:bb:cc:dd:ee:ff".
 func parseBOOTIF(v string) (string, error) {
-	parts := strings.Split(strings.TrimSpace(v), "-")
-	if len(parts) != 7 {
+	v = strings.TrimSpace(v)
+	htype, mac, ok := strings.Cut(v, "-")
+	if !ok {
 		return "", fmt.Errorf("BOOTIF %q: want 01-aa-bb-cc-dd-ee-ff", v)
 	}
-	if parts[0] != "01" {
-		return "", fmt.Errorf("BOOTIF %q: hardware type %s is not Ethernet (01)", v, parts[0])
+	if htype != "01" {
+		return "", fmt.Errorf("BOOTIF %q: hardware type %s is not Ethernet (01)", v, htype)
 	}
-	parts = parts[1:]
+	parts := strings.FieldsFunc(mac, func(r rune) bool { return r == '-' || r == ':' })
+	if len(parts) != 6 || len(mac) != 17 {
+		return "", fmt.Errorf("BOOTIF %q: want 01-aa-bb-cc-dd-ee-ff", v)
+	}
 	for i, p := range parts {
 		if len(p) != 2 {
 			return "", fmt.Errorf("BOOTIF %q: octet %q is not two hex digits", v, p)

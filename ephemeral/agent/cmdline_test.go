@@ -52,6 +52,9 @@ func TestParseBOOTIF(t *testing.T) {
 	}{
 		{"pxelinux form", "01-52-54-00-12-34-56", "52:54:00:12:34:56", false},
 		{"upper case", "01-AA-BB-CC-DD-EE-FF", "aa:bb:cc:dd:ee:ff", false},
+		{"grub form", "01-52:54:00:12:34:56", "52:54:00:12:34:56", false},
+		{"mixed separators", "01-52:54-00:12:34:56", "52:54:00:12:34:56", false},
+		{"empty octet", "01-52::00:12:34:56:78", "", true},
 		{"without hardware type", "52-54-00-12-34-56", "", true},
 		{"trailing newline", "01-52-54-00-12-34-56\n", "52:54:00:12:34:56", false},
 		{"not ethernet", "20-52-54-00-12-34-56", "", true},

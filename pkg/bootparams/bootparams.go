@@ -34,7 +34,8 @@ type Config struct {
 	Purpose       string // commissioning, enlist, xinstall, local, poweroff, rescue
 	Arch, Subarch string // e.g. "amd64", "generic"
 	// HTTPServer is host:port of the rack's HTTP boot server, e.g.
-	// "10.0.0.2:5248" or "[fd00::2]:5248".
+	// "10.0.0.2:5248" or "[fd00::2]:5248". PXELINUX and iPXE fetch from
+	// it; GRUB fetches from wherever it was loaded from, TFTP or HTTP.
 	HTTPServer string
 	// KernelPath, InitrdPath and RootPath are paths under /images/ on
 	// HTTPServer, without a leading slash, e.g. "<sha256>/boot-kernel".

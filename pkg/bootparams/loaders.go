@@ -64,7 +64,10 @@ func GRUB(c Config) ([]byte, error) {
 	}
 	head := []string{`set default="0"`, `set timeout=0`}
 	if c.Purpose != PurposeLocal {
-		dev := "(http," + c.HTTPServer + ")/images/"
+		// No device: GRUB fetches over whatever it was loaded by ($root),
+		// TFTP or HTTP. Debian's signed network GRUB has no http module,
+		// so naming (http,...) would break Secure Boot.
+		dev := "/images/"
 		return lines(append(head,
 			`menuentry 'Ephemeral' {`,
 			`    echo   '`+banner+`'`,
