@@ -23,6 +23,11 @@ func TestConfigFiles(t *testing.T) {
 			want: Config{StateDir: "/var/lib/ferrite/region", DatabaseURL: "postgres://ferrite@db.example:5432/ferrite",
 				HTTPListen: "10.0.0.1:5240", GRPCListen: ":5250", Name: "region-1"},
 		},
+		{
+			name: "deploy example",
+			file: "../deploy/regiond.yaml",
+			want: Config{StateDir: "/var/lib/ferrite/region", HTTPListen: ":5240", GRPCListen: ":5250", Name: "region1"},
+		},
 		{name: "unknown key", file: "testdata/unknown-key.yaml", loadErr: "http_port"},
 		{
 			name:     "bad values",
