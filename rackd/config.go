@@ -15,7 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
+	"github.com/ferrite-metal/ferrite/rackd/internal/tftp"
 )
 
 // Version is reported to the region.
@@ -28,7 +28,10 @@ type Config struct {
 	HTTPListen string   `yaml:"http_listen"` // --http-listen, default :5248
 	TFTPListen string   `yaml:"tftp_listen"` // --tftp-listen, default :69
 	DHCPPort   int      `yaml:"dhcp_port"`   // --dhcp-port, default 67 (tests use another)
-	LoaderDirs []string `yaml:"loader_dirs"` // --loader-dir (repeatable): static boot loaders
+	// tftp_max_blksize caps the TFTP block size a client may negotiate
+	// (like MAAS's key of the same name); the interface MTU lowers it
+	// further (1468 on an MTU-1500 link). 513..65464, default 8192.
+	TFTPMaxBlksize int `yaml:"tftp_max_blksize"`
 	// --manage-firewall: open rackd's ports in an iptables chain of its own
 	// (FERRITE-RACK, IPv4) while it runs; see rackd/internal/firewall.
 	ManageFirewall bool `yaml:"manage_firewall"`
@@ -37,10 +40,10 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		HTTPListen: ":5248",
-		TFTPListen: ":69",
-		DHCPPort:   67,
-		LoaderDirs: append([]string(nil), bootfiles.DefaultLoaderDirs...),
+		HTTPListen:     ":5248",
+		TFTPListen:     ":69",
+		DHCPPort:       67,
+		TFTPMaxBlksize: tftp.DefaultMaxBlockSize,
 	}
 }
 
@@ -79,6 +82,9 @@ func (c Config) Validate() error {
 	if c.DHCPPort < 1 || c.DHCPPort > 65534 {
 		errs = append(errs, fmt.Errorf("dhcp_port (--dhcp-port) %d: want 1..65534", c.DHCPPort))
 	}
+	if c.TFTPMaxBlksize < tftp.MinMaxBlockSize || c.TFTPMaxBlksize > tftp.MaxMaxBlockSize {
+		errs = append(errs, fmt.Errorf("tftp_max_blksize %d: want %d..%d", c.TFTPMaxBlksize, tftp.MinMaxBlockSize, tftp.MaxMaxBlockSize))
+	}
 	seen := map[string]bool{}
 	for _, ifc := range c.Interfaces {
 		switch {
@@ -88,11 +94,6 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("interfaces (--interface): %q listed twice", ifc))
 		}
 		seen[ifc] = true
-	}
-	for _, d := range c.LoaderDirs {
-		if d == "" {
-			errs = append(errs, errors.New("loader_dirs (--loader-dir): empty directory"))
-		}
 	}
 	if c.ManageFirewall {
 		for _, l := range []struct{ key, addr string }{{"http_listen (--http-listen)", c.HTTPListen}, {"tftp_listen (--tftp-listen)", c.TFTPListen}} {

@@ -18,7 +18,8 @@ func TestConfigFiles(t *testing.T) {
 			file: "testdata/good.yaml",
 			want: &Config{
 				StateDir: "/var/lib/ferrite-rack", Interfaces: []string{"eth1", "eth2"}, HTTPListen: ":5248",
-				TFTPListen: "10.0.0.2:69", DHCPPort: 67, LoaderDirs: []string{"/usr/lib/PXELINUX", "/usr/lib/syslinux/modules/bios"},
+				TFTPListen: "10.0.0.2:69", DHCPPort: 67,
+				TFTPMaxBlksize: 1468,
 			},
 		},
 		{file: "testdata/bad-unknown-key.yaml", loadErr: "field tftp_port not found"},
@@ -29,6 +30,7 @@ func TestConfigFiles(t *testing.T) {
 			"dhcp_port (--dhcp-port) 0",
 			`"eth1" listed twice`,
 			"interfaces (--interface): empty name",
+			"tftp_max_blksize 512: want 513..65464",
 		}},
 	}
 	for _, tc := range tests {

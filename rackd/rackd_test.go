@@ -95,9 +95,17 @@ func TestRegisterAndRun(t *testing.T) {
 		}
 	}
 
-	loaders := t.TempDir()
+	// ... and the boot loaders (ferrite images import-bootloaders does this
+	// from Debian packages).
 	loaderData := bytes.Repeat([]byte{0xeb, 0x3c}, 30_000)
-	if err := os.WriteFile(filepath.Join(loaders, "lpxelinux.0"), loaderData, 0o644); err != nil {
+	shimData := bytes.Repeat([]byte("MZ shim "), 20_000)
+	pxe, err := api.UploadBootloader(context.Background(), "bootloader/pxelinux", "i386/generic",
+		[]apiclient.BootloaderFile{{Name: "lpxelinux.0", Content: bytes.NewReader(loaderData)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.UploadBootloader(context.Background(), "bootloader/uefi", "amd64/generic",
+		[]apiclient.BootloaderFile{{Name: "bootx64.efi", Content: bytes.NewReader(shimData)}}); err != nil {
 		t.Fatal(err)
 	}
 	httpPort, tftpPort := freePort(t, "tcp"), freePort(t, "udp")
@@ -105,7 +113,6 @@ func TestRegisterAndRun(t *testing.T) {
 	cfg.StateDir = state
 	cfg.HTTPListen = "127.0.0.1:" + strconv.Itoa(httpPort)
 	cfg.TFTPListen = "127.0.0.1:" + strconv.Itoa(tftpPort)
-	cfg.LoaderDirs = []string{loaders}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rackd.Run(ctx, cfg, log) }()
@@ -127,7 +134,8 @@ func TestRegisterAndRun(t *testing.T) {
 	waitFor(t, "cache sync", func() bool {
 		_, err1 := os.Stat(filepath.Join(state, "cache", kernel.SHA256))
 		_, err2 := os.Stat(filepath.Join(state, "cache", initrd.SHA256))
-		return err1 == nil && err2 == nil
+		_, err3 := os.Stat(filepath.Join(state, "cache", pxe.Files[0].SHA256))
+		return err1 == nil && err2 == nil && err3 == nil
 	})
 	if _, err := os.Stat(filepath.Join(state, "config.json")); err != nil {
 		t.Errorf("config.json not persisted: %v", err)
@@ -148,6 +156,35 @@ func TestRegisterAndRun(t *testing.T) {
 	}
 
 	base := "http://127.0.0.1:" + strconv.Itoa(httpPort)
+	// HTTP: the loaders at the root and under boot/ (UEFI HTTP boot).
+	for path, want := range map[string][]byte{"/lpxelinux.0": loaderData, "/boot/bootx64.efi": shimData, "/bootx64.efi": shimData} {
+		if code, got := get(t, base+path); code != 200 || !bytes.Equal(got, want) {
+			t.Errorf("HTTP %s: %d, %d bytes, want 200 and %d bytes", path, code, len(got), len(want))
+		}
+	}
+	if code, _ := get(t, base+"/pxelinux.0"); code != 404 {
+		t.Errorf("HTTP a loader the region does not have: %d, want 404", code)
+	}
+	// A loader imported while the rack runs is served too (from the sync,
+	// or fetched on demand if the request comes first).
+	grubData := bytes.Repeat([]byte("GRUB"), 10_000)
+	if _, err := api.UploadBootloader(context.Background(), "bootloader/uefi", "amd64/generic", []apiclient.BootloaderFile{
+		{Name: "bootx64.efi", Content: bytes.NewReader(shimData)}, {Name: "grubx64.efi", Content: bytes.NewReader(grubData)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "grubx64.efi served", func() bool {
+		code, got := get(t, base+"/grubx64.efi")
+		return code == 200 && bytes.Equal(got, grubData)
+	})
+	wt, err = tc.Receive("grubx64.efi", "octet")
+	if err != nil {
+		t.Fatalf("TFTP grubx64.efi: %v", err)
+	}
+	buf.Reset()
+	if _, err := wt.WriteTo(&buf); err != nil || !bytes.Equal(buf.Bytes(), grubData) {
+		t.Fatalf("TFTP grubx64.efi: %d bytes, err %v", buf.Len(), err)
+	}
 	// HTTP: an unknown MAC is "not found", then the default config.
 	if code, _ := get(t, base+"/pxelinux.cfg/01-52-54-00-12-34-56"); code != 404 {
 		t.Errorf("unknown MAC config: %d, want 404", code)

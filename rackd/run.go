@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,13 +54,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 		return err
 	}
 	files := bootfiles.New(bootfiles.Options{
-		Region:     client,
-		Cache:      fc,
-		Events:     client,
-		LoaderDirs: cfg.LoaderDirs,
-		HTTPPort:   httpPort,
-		Log:        log.With(zap.String("component", "bootfiles")),
-		Metrics:    m,
+		Region:   client,
+		Cache:    fc,
+		Events:   client,
+		HTTPPort: httpPort,
+		Log:      log.With(zap.String("component", "bootfiles")),
+		Metrics:  m,
 	})
 
 	var dhcpSrv *dhcp.Server
@@ -80,19 +80,31 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 				}
 				client.Record(e.Type, mac, ip, e.Description)
 			},
+			OnLease: func(c dhcp.LeaseChange) { client.ReportLease(leaseProto(c.Lease, c.State, c.Time)) },
 		})
 		if err != nil {
 			return err
 		}
 		files.SetLeases(dhcpSrv)
+		client.SetLeaseTable(func() []*rackv1.Lease {
+			now := time.Now()
+			var out []*rackv1.Lease
+			for _, l := range dhcpSrv.Leases() {
+				out = append(out, leaseProto(l, dhcp.LeaseActive, now))
+			}
+			return out
+		})
+		dhcpMetrics(m, dhcpSrv)
 	} else {
 		log.Warn("no --interface given: DHCP is not served")
 	}
 
 	httpSrv := httpboot.New(files, []string{id.State.RegionURL}, log.With(zap.String("component", "http")), m)
 	tftpSrv := tftp.New(files, log.With(zap.String("component", "tftp")), m)
+	tftpSrv.MaxBlockSize = cfg.TFTPMaxBlksize
+	tftpSrv.Events = client
 
-	a := &applier{log: log, dhcp: dhcpSrv, http: httpSrv, regionURL: id.State.RegionURL, syncCh: make(chan struct{}, 1)}
+	a := &applier{log: log, dhcp: dhcpSrv, http: httpSrv, files: files, regionURL: id.State.RegionURL, syncCh: make(chan struct{}, 1)}
 	saved, err := regionclient.LoadConfig(cfg.StateDir)
 	if err != nil {
 		log.Warn("ignoring the saved rack config", zap.Error(err))
@@ -105,6 +117,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 	tftpConn, err := listenUDP(cfg.TFTPListen)
 	if err != nil {
 		return fmt.Errorf("tftp: %w", err)
+	}
+	if err := tftp.EnablePacketInfo(tftpConn); err != nil {
+		tftpConn.Close()
+		return fmt.Errorf("tftp: IP_PKTINFO: %w", err)
 	}
 	httpLn, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
@@ -182,6 +198,7 @@ type applier struct {
 	log       *zap.Logger
 	dhcp      *dhcp.Server
 	http      *httpboot.Server
+	files     *bootfiles.Handler
 	regionURL string
 	syncCh    chan struct{}
 
@@ -201,6 +218,7 @@ func (a *applier) apply(cfg *rackv1.RackConfig) {
 		urls = []string{a.regionURL}
 	}
 	a.http.SetRegionURLs(urls)
+	a.files.SetBootloaders(cfg.GetBootloaders())
 	select {
 	case a.syncCh <- struct{}{}:
 	default:
@@ -223,7 +241,8 @@ func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
 		if cfg == nil {
 			continue
 		}
-		if err := fc.Sync(ctx, cfg.GetBootFiles()); err != nil {
+		wanted := cacheFiles(cfg)
+		if err := fc.Sync(ctx, wanted); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -231,8 +250,22 @@ func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
 			retry.Reset(30 * time.Second)
 			continue
 		}
-		a.log.Info("boot resources in sync", zap.Int("files", len(cfg.GetBootFiles())))
+		a.log.Info("boot resources in sync", zap.Int("files", len(wanted)), zap.Int("bootloaders", len(cfg.GetBootloaders())))
 	}
+}
+
+// cacheFiles is every file the cache must hold: the boot files and the
+// boot loaders, each sha256 once.
+func cacheFiles(cfg *rackv1.RackConfig) []*rackv1.BootFile {
+	seen := map[string]bool{}
+	var out []*rackv1.BootFile
+	for _, f := range append(append([]*rackv1.BootFile(nil), cfg.GetBootFiles()...), cfg.GetBootloaders()...) {
+		if !seen[f.GetSha256()] {
+			seen[f.GetSha256()] = true
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // DHCPConfig converts the region's subnets and reservations into the DHCP
@@ -263,6 +296,12 @@ func DHCPConfig(cfg *rackv1.RackConfig, log *zap.Logger) dhcp.Config {
 	return out
 }
 
+// leaseProto is a DHCP lease change as ReportLeases carries it.
+func leaseProto(l dhcp.Lease, state string, at time.Time) *rackv1.Lease {
+	return &rackv1.Lease{Mac: l.MAC.String(), Ip: l.IP.String(), Hostname: l.Hostname, ExpiresUnix: l.Expires.Unix(),
+		State: state, UpdatedUnixNano: at.UnixNano()}
+}
+
 func dhcpSubnet(sn *rackv1.Subnet) (dhcp.Subnet, error) {
 	var errs []error
 	p, err := netip.ParsePrefix(sn.GetCidr())
@@ -288,6 +327,16 @@ func dhcpSubnet(sn *rackv1.Subnet) (dhcp.Subnet, error) {
 		}
 		s.DNS = append(s.DNS, a)
 	}
+	for _, d := range sn.GetNtpServers() {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("NTP server: %w", err))
+			continue
+		}
+		s.NTP = append(s.NTP, a)
+	}
+	// Unknown boot method names are logged and dropped by dhcp.SetConfig.
+	s.DisabledBootMethods = slices.Clone(sn.GetDisabledBootMethods())
 	for _, r := range sn.GetDynamicRanges() {
 		lo, err1 := netip.ParseAddr(r.GetStart())
 		hi, err2 := netip.ParseAddr(r.GetEnd())
@@ -298,4 +347,23 @@ func dhcpSubnet(sn *rackv1.Subnet) (dhcp.Subnet, error) {
 		s.Ranges = append(s.Ranges, dhcp.Range{Start: lo, End: hi})
 	}
 	return s, errors.Join(errs...)
+}
+
+// dhcpMetrics exposes the DHCP server's packet counters, read at scrape time.
+func dhcpMetrics(m *metrics.Registry, s *dhcp.Server) {
+	const name = "ferrite_rack_dhcp_packets_total"
+	const help = "DHCP packets by what happened to them (received, ignored, malformed, replies, send_errors, panics)."
+	for _, c := range []struct {
+		what string
+		get  func(dhcp.Stats) uint64
+	}{
+		{"received", func(st dhcp.Stats) uint64 { return st.Received }},
+		{"ignored", func(st dhcp.Stats) uint64 { return st.Ignored }},
+		{"malformed", func(st dhcp.Stats) uint64 { return st.Malformed }},
+		{"replies", func(st dhcp.Stats) uint64 { return st.Replies }},
+		{"send_errors", func(st dhcp.Stats) uint64 { return st.SendErrors }},
+		{"panics", func(st dhcp.Stats) uint64 { return st.Panics }},
+	} {
+		m.CounterFunc(name, help, func() float64 { return float64(c.get(s.Stats())) }, "what", c.what)
+	}
 }

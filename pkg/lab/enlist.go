@@ -9,10 +9,10 @@ import (
 )
 
 // EnlistUnknownMachine boots a machine with a MAC the region has never
-// seen and waits until it has enlisted and powered itself off. It returns
-// the machine as the region lists it; an error names the first boot step
-// that did not happen.
-func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, timeout time.Duration) (*VM, Machine, error) {
+// seen and waits until it has enlisted and powered itself off, having
+// fetched loaders on the way. It returns the machine as the region lists
+// it; an error names the first boot step that did not happen.
+func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, loaders []string, timeout time.Duration) (*VM, Machine, error) {
 	vm, err := s.Lab.StartVM(opts)
 	if err != nil {
 		return nil, Machine{}, err
@@ -30,7 +30,7 @@ func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, timeout
 	for range 20 {
 		var events []Event
 		if stepErr = s.CLIJSON(ctx, &events, "events", "list", "--mac", mac); stepErr == nil {
-			if stepErr = CheckSteps(events, EnlistmentSteps(mac)); stepErr == nil {
+			if stepErr = CheckSteps(events, EnlistmentSteps(mac, loaders...)); stepErr == nil {
 				break
 			}
 		}

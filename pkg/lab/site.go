@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -122,10 +123,34 @@ func (s *Site) CLIJSON(ctx context.Context, v any, args ...string) error {
 	return nil
 }
 
+// ImportBootloaders imports the host's boot loaders into the region. The
+// server namespace has no route out, so the packages that are not
+// installed (shim-signed, grub-efi-amd64-signed, ...) are first fetched
+// from the host's namespace into a cache both runs share: the caller's
+// cache directory, so later runs reuse the downloads.
+func (s *Site) ImportBootloaders(ctx context.Context) error {
+	cache := filepath.Join(s.Lab.Dir, "bootloader-cache")
+	if d, err := os.UserCacheDir(); err == nil {
+		cache = filepath.Join(d, "ferrite", "lab-bootloaders")
+	}
+	cmd := exec.CommandContext(ctx, s.Bin.Ferrite, "images", "import-bootloaders", "--download-only", "--cache-dir", cache)
+	cmd.Env = append(os.Environ(), "HOME="+s.home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		// Not fatal: a cache from an earlier run may do; the import says what is missing.
+		s.Lab.logf("fetching boot loader packages: %v\n%s", err, out)
+	}
+	_, err := s.CLI(ctx, "images", "import-bootloaders", "--from-host", "--cache-dir", cache)
+	return err
+}
+
 // PrepareEnlistment gives the region what an unknown machine needs to
-// enlist: the ephemeral image as commissioning image, a serial console on
-// every kernel command line, and the server subnet served by the rack.
-func (s *Site) PrepareEnlistment(ctx context.Context, ephemeralDir string) error {
+// enlist: the boot loaders, the ephemeral image as commissioning image, a
+// serial console on every kernel command line, and the server subnet served
+// by the rack, offering every boot method but those in disabledBootMethods.
+func (s *Site) PrepareEnlistment(ctx context.Context, ephemeralDir string, disabledBootMethods ...string) error {
+	if err := s.ImportBootloaders(ctx); err != nil {
+		return err
+	}
 	server := s.Lab.ServerAddr
 	prefix := server.Masked()
 	base := prefix.Addr().As4()
@@ -140,6 +165,9 @@ func (s *Site) PrepareEnlistment(ctx context.Context, ephemeralDir string) error
 			"--dns", server.Addr().String(),
 			"--dynamic-range", fmt.Sprintf("%d.%d.%d.%d-%d.%d.%d.%d", lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]),
 			"--rack", s.RackName},
+	}
+	for _, m := range disabledBootMethods {
+		steps[len(steps)-1] = append(steps[len(steps)-1], "--disable-boot-method", m)
 	}
 	for _, args := range steps {
 		if _, err := s.CLI(ctx, args...); err != nil {

@@ -36,22 +36,26 @@ type Step struct {
 	Match func(Event) bool
 }
 
-// EnlistmentSteps are the steps of an unknown BIOS machine enlisting,
-// as the region records them.
-func EnlistmentSteps(mac string) []Step {
-	is := func(typ, text string) func(Event) bool {
+// EnlistmentSteps are the steps of an unknown machine enlisting, as the
+// region records them. loaders are the files the firmware fetches, in
+// order, before it asks for its config (e.g. "bootx64.efi", "grubx64.efi").
+func EnlistmentSteps(mac string, loaders ...string) []Step {
+	is := func(text string, types ...string) func(Event) bool {
 		return func(e Event) bool {
-			return e.Type == typ && strings.EqualFold(e.MAC, mac) && strings.Contains(e.Description, text)
+			return slices.Contains(types, e.Type) && strings.EqualFold(e.MAC, mac) && strings.Contains(e.Description, text)
 		}
 	}
-	return []Step{
-		{"DHCP lease for the PXE ROM", is("DHCP_ACK", "")},
-		{"TFTP lpxelinux.0", is("TFTP_REQUEST", "lpxelinux.0")},
-		{"region answers with purpose enlist", is("BOOT_CONFIG", "enlist")},
-		{"kernel download", is("HTTP_REQUEST", "boot-kernel")},
-		{"initrd download", is("HTTP_REQUEST", "boot-initrd")},
-		{"agent enlists the machine", is("ENLISTED", "")},
+	fetched := func(name string) func(Event) bool { return is(name, "TFTP_REQUEST", "HTTP_REQUEST") }
+	steps := []Step{{"DHCP lease", is("", "DHCP_ACK")}}
+	for _, l := range loaders {
+		steps = append(steps, Step{"fetch " + l, fetched(l)})
 	}
+	return append(steps,
+		Step{"region answers with purpose enlist", is("enlist", "BOOT_CONFIG")},
+		Step{"kernel download", fetched("boot-kernel")},
+		Step{"initrd download", fetched("boot-initrd")},
+		Step{"agent enlists the machine", is("", "ENLISTED")},
+	)
 }
 
 // CheckSteps reports the first step not found in events after the step

@@ -110,12 +110,14 @@ func TestEndpoints(t *testing.T) {
 		{"subnets", func() (any, error) { return c.ListSubnets(ctx) },
 			[]Subnet{{ID: 1, CIDR: netip.MustParsePrefix("10.99.0.0/24"), Gateway: netip.MustParseAddr("10.99.0.1"),
 				DNSServers: []netip.Addr{netip.MustParseAddr("10.99.0.1")}, Domain: "maas", MTU: 1500,
-				DynamicRanges: []IPRange{{netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.200")}}, Rack: "rack1"}}, "",
+				DynamicRanges: []IPRange{{netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.200")}}, Rack: "rack1",
+				DisabledBootMethods: []string{}, NTPServers: []netip.Addr{}}}, "",
 			recorded{Method: "GET", Path: "/api/v1/subnets"}},
 		{"create subnet without gateway", func() (any, error) {
 			return c.CreateSubnet(ctx, SubnetCreate{CIDR: netip.MustParsePrefix("10.98.0.0/24"), Rack: "rack1"})
 		},
-			Subnet{ID: 2, CIDR: netip.MustParsePrefix("10.98.0.0/24"), DNSServers: []netip.Addr{}, MTU: 1500, DynamicRanges: []IPRange{}, Rack: "rack1"}, "",
+			Subnet{ID: 2, CIDR: netip.MustParsePrefix("10.98.0.0/24"), DNSServers: []netip.Addr{}, MTU: 1500, DynamicRanges: []IPRange{}, Rack: "rack1",
+				DisabledBootMethods: []string{}, NTPServers: []netip.Addr{}}, "",
 			recorded{Method: "POST", Path: "/api/v1/subnets", Body: `{"cidr":"10.98.0.0/24","rack":"rack1"}`, ContentType: "application/json"}},
 		{"images", func() (any, error) { return c.ListImages(ctx) },
 			[]Image{{Name: "custom/x", Arch: "amd64/generic", Kind: "kernel-initrd", Created: seconds(br.Created),

@@ -116,6 +116,26 @@ func (c *Client) ListEvents(ctx context.Context, f EventFilter) ([]Event, error)
 	return out, nil
 }
 
+// ListLeases returns DHCP leases as the racks reported them (GET
+// /api/v1/leases), ordered by rack and address.
+func (c *Client) ListLeases(ctx context.Context, f LeaseFilter) ([]Lease, error) {
+	q := url.Values{}
+	if f.MAC != "" {
+		q.Set("mac", f.MAC)
+	}
+	if f.Rack != "" {
+		q.Set("rack", f.Rack)
+	}
+	if f.State != "" {
+		q.Set("state", f.State)
+	}
+	var out []Lease
+	if err := c.doJSON(ctx, http.MethodGet, q, nil, &out, "leases"); err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	return out, nil
+}
+
 // checkSegment refuses path segments that would not name a single resource.
 func checkSegment(what, s string) error {
 	if s == "" || s == "." || s == ".." {

@@ -37,6 +37,10 @@ type Subnet struct {
 	MTU           int          `json:"mtu"`
 	DynamicRanges []IPRange    `json:"dynamic_ranges"`
 	Rack          string       `json:"rack"` // name of the primary rack
+	// DisabledBootMethods names boot methods the subnet's DHCP does not
+	// offer: ipxe, pxe, uefi_amd64_tftp, uefi_amd64_http, uefi_arm64_tftp, uefi_arm64_http.
+	DisabledBootMethods []string     `json:"disabled_boot_methods"`
+	NTPServers          []netip.Addr `json:"ntp_servers"` // DHCP option 42
 }
 
 // SubnetCreate is the body of POST /api/v1/subnets.
@@ -46,13 +50,35 @@ type SubnetCreate struct {
 	DNSServers    []netip.Addr `json:"dns_servers,omitempty"`
 	DynamicRanges []IPRange    `json:"dynamic_ranges,omitempty"`
 	Rack          string       `json:"rack"` // rack name
+	// DisabledBootMethods: see Subnet.
+	DisabledBootMethods []string     `json:"disabled_boot_methods,omitempty"`
+	NTPServers          []netip.Addr `json:"ntp_servers,omitempty"`
+}
+
+// Lease is the latest state of an address a rack's DHCP server handed out.
+type Lease struct {
+	IP       netip.Addr `json:"ip"`
+	MAC      string     `json:"mac"`
+	Hostname string     `json:"hostname"`
+	State    string     `json:"state"` // "active", "released", "expired" or "declined"
+	Expires  time.Time  `json:"expires"`
+	Updated  time.Time  `json:"updated"` // when the rack saw the change
+	Rack     string     `json:"rack"`    // rack name
+	RackID   string     `json:"rack_id"`
+}
+
+// LeaseFilter selects leases for ListLeases. Zero fields do not filter.
+type LeaseFilter struct {
+	MAC   string // lowercase colon form
+	Rack  string // rack name or ID
+	State string // active, released, expired, declined
 }
 
 // Image is a boot resource (a kernel and an initrd for one architecture).
 type Image struct {
 	Name    string      `json:"name"` // e.g. "custom/ephemeral"
 	Arch    string      `json:"arch"` // e.g. "amd64/generic"
-	Kind    string      `json:"kind"` // "kernel-initrd"
+	Kind    string      `json:"kind"` // "kernel-initrd" or "bootloader"
 	Created time.Time   `json:"created"`
 	Files   []ImageFile `json:"files"`
 }

@@ -108,3 +108,81 @@ func (r readerOf) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// BootloaderFile is one file of a boot loader upload: Name is the name the
+// racks serve it under (e.g. "bootx64.efi"), Content its bytes.
+type BootloaderFile struct {
+	Name    string
+	Content io.Reader
+}
+
+// UploadBootloader uploads boot loaders as the kind "bootloader" resource
+// name (e.g. "bootloader/uefi") for arch with POST /api/v1/images: every
+// rack serves each file at the root of its TFTP and HTTP trees under its
+// Name. A resource with the same name and arch is replaced; uploading
+// identical files again changes nothing on the region. Files are streamed.
+func (c *Client) UploadBootloader(ctx context.Context, name, arch string, files []BootloaderFile) (Image, error) {
+	if name == "" || arch == "" {
+		return Image{}, errors.New("upload bootloader: name and arch are required")
+	}
+	if len(files) == 0 {
+		return Image{}, fmt.Errorf("upload bootloader %s: no files", name)
+	}
+	for _, f := range files {
+		if f.Name == "" || f.Content == nil {
+			return Image{}, fmt.Errorf("upload bootloader %s: every file needs a name and content", name)
+		}
+	}
+	write := func(mw *multipart.Writer) error {
+		for _, kv := range [][2]string{{"name", name}, {"arch", arch}, {"kind", "bootloader"}} {
+			if err := mw.WriteField(kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		for _, f := range files {
+			part, err := mw.CreateFormFile("file", f.Name)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(part, readerOf{f.Name, f.Content}); err != nil {
+				return err
+			}
+		}
+		return mw.Close()
+	}
+	img, err := c.postMultipart(ctx, write)
+	if err != nil {
+		return Image{}, fmt.Errorf("upload bootloader %s: %w", name, err)
+	}
+	return img, nil
+}
+
+// postMultipart POSTs to /api/v1/images the form write produces, streamed
+// through a pipe.
+func (c *Client) postMultipart(ctx context.Context, write func(*multipart.Writer) error) (Image, error) {
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(nil, "images"), pr)
+	if err != nil {
+		return Image{}, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	writeErr := make(chan error, 1)
+	go func() {
+		err := write(mw)
+		pw.CloseWithError(err)
+		writeErr <- err
+	}()
+	var out Image
+	err = c.do(req, &out)
+	pr.CloseWithError(errUploadStopped)
+	werr := <-writeErr
+	if err != nil {
+		var rerr *readError
+		if errors.As(werr, &rerr) {
+			return Image{}, rerr
+		}
+		return Image{}, err
+	}
+	return out, nil
+}

@@ -1,9 +1,9 @@
 // Package bootfiles is the one handler the rack's TFTP and HTTP servers
 // share: it sanitises the requested path, answers dynamic boot loader
 // configs (pxelinux, GRUB, iPXE) from the region's GetBootConfig rendered
-// with pkg/bootparams, serves static loaders from the loader directories and
-// kernels/initrds from the content-addressed cache, and records an event per
-// request.
+// with pkg/bootparams, serves boot loaders (the region's kind=bootloader
+// resources, RackConfig.bootloaders) and kernels/initrds from the
+// content-addressed cache, and records an event per request.
 package bootfiles
 
 import (
@@ -15,8 +15,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -56,26 +56,22 @@ const (
 	ProtocolHTTP = "http"
 )
 
-// DefaultLoaderDirs are where Debian's pxelinux and syslinux-common put
-// lpxelinux.0 and the BIOS .c32 modules.
-var DefaultLoaderDirs = []string{"/usr/lib/PXELINUX", "/usr/lib/syslinux/modules/bios"}
-
 // Options configure a Handler.
 type Options struct {
-	Region     BootConfigGetter
-	Cache      FileCache
-	Leases     Leases        // optional
-	Events     EventRecorder // optional
-	LoaderDirs []string
-	HTTPPort   int // the rack's HTTP boot port, for URLs in configs
-	Log        *zap.Logger
-	Metrics    *metrics.Registry // optional
+	Region   BootConfigGetter
+	Cache    FileCache
+	Leases   Leases        // optional
+	Events   EventRecorder // optional
+	HTTPPort int           // the rack's HTTP boot port, for URLs in configs
+	Log      *zap.Logger
+	Metrics  *metrics.Registry // optional
 }
 
 // Handler opens boot files.
 type Handler struct {
-	opts Options
-	m    *metrics.Registry
+	opts    Options
+	m       *metrics.Registry
+	loaders atomic.Pointer[map[string]*rackv1.BootFile] // by served name
 }
 
 // New returns a Handler.
@@ -91,6 +87,21 @@ func New(opts Options) *Handler {
 		m = metrics.New()
 	}
 	return &Handler{opts: opts, m: m}
+}
+
+// SetBootloaders replaces the boot loaders served at the root of the TFTP
+// and HTTP trees (and under boot/), by BootFile.filename, from the cache.
+func (h *Handler) SetBootloaders(files []*rackv1.BootFile) {
+	m := make(map[string]*rackv1.BootFile, len(files))
+	for _, f := range files {
+		if safeName(f.GetFilename()) && validSHA256(f.GetSha256()) {
+			m[f.GetFilename()] = f
+		} else {
+			h.opts.Log.Warn("boot loader from the region ignored: bad name or sha256",
+				zap.String("filename", f.GetFilename()), zap.String("sha256", f.GetSha256()))
+		}
+	}
+	h.loaders.Store(&m)
 }
 
 // SetLeases installs the DHCP lease table once it exists.
@@ -177,7 +188,7 @@ func (h *Handler) open(ctx context.Context, p Path, req Request) (*File, string,
 		f, err := h.image(ctx, p)
 		return f, "", err
 	case KindLoader:
-		f, err := h.loader(p)
+		f, err := h.loader(ctx, p)
 		return f, "", err
 	}
 	return nil, "", ErrNotFound
@@ -192,9 +203,15 @@ configfile /grub/grub.cfg-${net_default_mac}
 configfile /grub/grub.cfg-default-${grub_cpu}
 `)
 
+// ipxeStatic is the script iPXE clients are sent to first. The MAC is
+// hyphenated: a relative "ipxe.cfg-52:54:..." would parse as a URI with
+// scheme "ipxe.cfg-52". BIOS iPXE builds report buildarch i386 even on
+// 64-bit CPUs, so those ask for amd64, as MAAS's default does.
 var ipxeStatic = []byte(`#!ipxe
 # Ferrite: chain to this machine's config, else the default for this CPU.
-chain ipxe.cfg-${mac} || chain ipxe.cfg-default-${buildarch}
+set ferrite_arch ${buildarch}
+iseq ${buildarch} i386 && set ferrite_arch amd64 ||
+chain ipxe.cfg-${netX/mac:hexhyp} || chain ipxe.cfg-default-${ferrite_arch}
 `)
 
 func memFile(name string, b []byte) *File {
@@ -304,14 +321,25 @@ func (h *Handler) image(ctx context.Context, p Path) (*File, error) {
 	return openRegular(path, p.Clean)
 }
 
-func (h *Handler) loader(p Path) (*File, error) {
-	for _, dir := range h.opts.LoaderDirs {
-		f, err := openRegular(filepath.Join(dir, p.Name), p.Clean)
-		if err == nil {
-			return f, nil
-		}
+// loader serves a boot loader the region listed, from the cache (fetched
+// now if the sync has not got to it yet).
+func (h *Handler) loader(ctx context.Context, p Path) (*File, error) {
+	m := h.loaders.Load()
+	if m == nil || h.opts.Cache == nil {
+		return nil, ErrNotFound
 	}
-	return nil, ErrNotFound
+	bf, ok := (*m)[p.Name]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	path, err := h.opts.Cache.Ensure(ctx, bf)
+	if status.Code(err) == codes.NotFound {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boot loader %s: %w", p.Clean, err)
+	}
+	return openRegular(path, p.Clean)
 }
 
 func openRegular(path, name string) (*File, error) {

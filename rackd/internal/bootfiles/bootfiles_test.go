@@ -25,6 +25,9 @@ import (
 var (
 	kernelSHA = strings.Repeat("1", 64)
 	initrdSHA = strings.Repeat("2", 64)
+	loaderSHA = strings.Repeat("3", 64)
+	// missingLoaderSHA is listed by the region but absent from it.
+	missingLoaderSHA = strings.Repeat("4", 64)
 )
 
 type fakeRegion struct {
@@ -90,22 +93,22 @@ func enlist() *rackv1.GetBootConfigResponse {
 
 func setup(t *testing.T) (*bootfiles.Handler, *fakeRegion, *fakeCache, *fakeEvents, string) {
 	t.Helper()
-	loaders := t.TempDir()
-	if err := os.WriteFile(filepath.Join(loaders, "lpxelinux.0"), []byte("LOADER"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(loaders, "adir"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	reg := &fakeRegion{}
 	fc := &fakeCache{dir: t.TempDir(), missing: map[string]bool{}}
 	ev := &fakeEvents{}
 	h := bootfiles.New(bootfiles.Options{
-		Region: reg, Cache: fc, Events: ev, LoaderDirs: []string{t.TempDir(), loaders},
+		Region: reg, Cache: fc, Events: ev,
 		Leases:   fakeLeases{netip.MustParseAddr("10.0.0.50"): "52:54:00:00:00:50"},
 		HTTPPort: 5248, Log: zaptest.NewLogger(t),
 	})
-	return h, reg, fc, ev, loaders
+	// Boot loaders as the region lists them; the cache holds their content.
+	h.SetBootloaders([]*rackv1.BootFile{
+		{Sha256: loaderSHA, Size: 22, Filename: "lpxelinux.0"},
+		{Sha256: missingLoaderSHA, Size: 5, Filename: "grubx64.efi"},
+		{Sha256: loaderSHA, Filename: "../escape"}, // ignored: not a loader name
+	})
+	fc.missing[missingLoaderSHA] = true
+	return h, reg, fc, ev, fc.dir
 }
 
 func read(t *testing.T, f *bootfiles.File) string {
@@ -164,9 +167,11 @@ func TestOpen(t *testing.T) {
 		want      string // substring of the content
 		wantErr   error  // errors.Is target; errOther = any other error
 	}{
-		{name: "loader", path: "lpxelinux.0", want: "LOADER"},
-		{name: "loader under boot", path: "/boot/lpxelinux.0", want: "LOADER"},
-		{name: "directory is not a loader", path: "adir", wantErr: bootfiles.ErrNotFound},
+		{name: "loader", path: "lpxelinux.0", want: "content of lpxelinux.0"},
+		{name: "loader under boot", path: "/boot/lpxelinux.0", want: "content of lpxelinux.0"},
+		{name: "loader the region does not list", path: "pxelinux.0", wantErr: bootfiles.ErrNotFound},
+		{name: "listed loader the region lacks", path: "grubx64.efi", wantErr: bootfiles.ErrNotFound},
+		{name: "bad loader name from the region is ignored", path: "escape", wantErr: bootfiles.ErrNotFound},
 		{name: "missing loader", path: "ldlinux.c32", wantErr: bootfiles.ErrNotFound},
 		{name: "grub lst", path: "grub/x86_64-efi/command.lst", want: ""},
 		{name: "grub static", path: "grub/grub.cfg", want: "configfile /grub/grub.cfg-${net_default_mac}"},

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 )
 
 // Config is what the server hands out. The region sends it; SetConfig swaps it
@@ -24,6 +26,10 @@ type Subnet struct {
 	MTU       int // option 26 when > 0
 	Ranges    []Range
 	LeaseTime time.Duration // DefaultLeaseTime when zero
+	NTP       []netip.Addr  // option 42
+	// DisabledBootMethods names boot methods (package bootmethod) this
+	// subnet does not offer. Unknown names are logged and ignored.
+	DisabledBootMethods []string
 }
 
 // Range is an inclusive dynamic range inside a Subnet.
@@ -99,6 +105,24 @@ func compile(c Config) (*compiledConfig, []error) {
 			}
 		}
 		sn.DNS = dns
+		var ntp []netip.Addr
+		for _, a := range sn.NTP {
+			if a.Unmap().Is4() {
+				ntp = append(ntp, a.Unmap())
+			} else {
+				problems = append(problems, fmt.Errorf("subnet %s: NTP server %s is not IPv4", sn.Prefix, a))
+			}
+		}
+		sn.NTP = ntp
+		var disabled []string
+		for _, m := range sn.DisabledBootMethods {
+			if err := bootmethod.Check(m); err != nil {
+				problems = append(problems, fmt.Errorf("subnet %s: %w (ignored)", sn.Prefix, err))
+				continue
+			}
+			disabled = append(disabled, m)
+		}
+		sn.DisabledBootMethods = disabled
 		if sn.LeaseTime <= 0 {
 			sn.LeaseTime = DefaultLeaseTime
 		}

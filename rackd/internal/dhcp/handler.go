@@ -233,14 +233,16 @@ func (s *Server) request(r *request) (outbound, bool, error) {
 	p := s.pool(r)
 	s.mu.Lock()
 	ok := s.table.acceptable(p, r.key, ip, r.now)
+	var bound lease
 	if ok {
-		s.table.set(r.mac, ip, r.now.Add(lt), true, hostname)
+		bound = *s.table.set(r.mac, ip, r.now.Add(lt), true, hostname)
 	}
 	s.mu.Unlock()
 	if !ok {
 		return s.nak(r, fmt.Sprintf("%s is not available to this client", ip))
 	}
 	s.leasesChanged()
+	s.leaseChanged(&bound, LeaseActive, r.now)
 	reply, bc, err := s.reply(r, dhcpv4.MessageTypeAck, ip, true)
 	if err != nil {
 		return outbound{}, false, err
@@ -263,15 +265,18 @@ func (s *Server) release(r *request) {
 	s.emit(EventRelease, r.mac, ip, fmt.Sprintf("released %s on %s", ip, r.in.ifName))
 	s.mu.Lock()
 	l := s.table.byIP[ip]
-	ok := l != nil && l.key == r.key
+	ok := l != nil && l.key == r.key && l.bound
+	var released lease
 	if ok {
 		// Keep the row, expired, so the client gets the same address next time
 		// unless the pool needs it.
-		l.expires = r.now
+		l.expires, l.ended = r.now, true
+		released = *l
 	}
 	s.mu.Unlock()
 	if ok {
 		s.leasesChanged()
+		s.leaseChanged(&released, LeaseReleased, r.now)
 	}
 }
 
@@ -284,7 +289,9 @@ func (s *Server) decline(r *request) {
 	s.mu.Lock()
 	l := s.table.byIP[ip]
 	ok := l != nil && l.key == r.key // only the holder may take an address out of the pool
+	var declined lease
 	if ok {
+		declined = *l
 		s.table.remove(l)
 		s.table.declined[ip] = r.now.Add(declineHold)
 	}
@@ -292,6 +299,8 @@ func (s *Server) decline(r *request) {
 	if ok {
 		r.log.Warn("client declined its address: someone else uses it", zap.Stringer("ip", ip), zap.Duration("hold", declineHold))
 		s.leasesChanged()
+		declined.expires = r.now
+		s.leaseChanged(&declined, LeaseDeclined, r.now)
 	}
 }
 
@@ -345,6 +354,13 @@ func (s *Server) reply(r *request, mt dhcpv4.MessageType, yiaddr netip.Addr, wit
 	if sn.Domain != "" {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDomainName(sn.Domain)))
 	}
+	if len(sn.NTP) > 0 {
+		ips := make([]net.IP, 0, len(sn.NTP))
+		for _, a := range sn.NTP {
+			ips = append(ips, a.AsSlice())
+		}
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptNTPServers(ips...)))
+	}
 	if sn.MTU > 0 {
 		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionInterfaceMTU, binary.BigEndian.AppendUint16(nil, uint16(sn.MTU))))
 	}
@@ -362,7 +378,7 @@ func (s *Server) reply(r *request, mt dhcpv4.MessageType, yiaddr netip.Addr, wit
 	var bc bootChoice
 	if r.client.netboot {
 		var bm []dhcpv4.Modifier
-		bm, bc = bootModifiers(r.client, r.serverID, s.opts.HTTPPort)
+		bm, bc = bootModifiers(r.client, sn.DisabledBootMethods, r.serverID, s.opts.HTTPPort)
 		mods = append(mods, bm...)
 	}
 	reply, err := dhcpv4.NewReplyFromRequest(r.pkt, mods...)
@@ -404,7 +420,7 @@ func (r *request) viaRelay() string {
 
 func (r *request) describe(verb string, ip netip.Addr, bc bootChoice) string {
 	d := fmt.Sprintf("%s %s on %s%s", verb, ip, r.in.ifName, r.viaRelay())
-	if bc.File != "" {
+	if bc.Method != "" {
 		d += ", boot " + bc.String()
 	}
 	return d

@@ -434,7 +434,7 @@ func TestPXEOptions(t *testing.T) {
 		{"BIOS PXE ROM", []dhcpv4.Modifier{arch(iana.INTEL_X86PC), vc("PXEClient:Arch:00000:UNDI:002001")}, bios},
 		{"SeaBIOS iPXE ROM", []dhcpv4.Modifier{arch(iana.INTEL_X86PC), vc("PXEClient:Arch:00000:UNDI:002001"),
 			userClassIPXE, dhcpv4.WithGeneric(dhcpv4.OptionEtherboot, []byte{0xb1, 0x05, 0x01, 0x80, 0x86, 0x10, 0x0e})},
-			func() want { w := bios; w.Opt175 = []byte{176, 1, 1}; return w }()},
+			want{File: "http://10.0.0.1:5248/ipxe.cfg", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", Opt175: []byte{176, 1, 1}, Lease: 30 * time.Second}},
 		{"PXEClient without option 93", []dhcpv4.Modifier{vc("PXEClient:Arch:00000:UNDI:002001")}, bios},
 		{"option 93 without vendor class", []dhcpv4.Modifier{arch(iana.INTEL_X86PC)},
 			func() want { w := bios; w.Lease = dhcp.DefaultLeaseTime; return w }()},
@@ -443,7 +443,7 @@ func TestPXEOptions(t *testing.T) {
 		{"UEFI arm64", []dhcpv4.Modifier{arch(iana.EFI_ARM64), vc("PXEClient:Arch:00011:UNDI:003000")},
 			want{File: "bootaa64.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", Lease: 30 * time.Second}},
 		{"UEFI HTTP boot", []dhcpv4.Modifier{arch(iana.EFI_X86_64_HTTP), vc("HTTPClient:Arch:00016")},
-			want{File: "http://10.0.0.1:5248/boot/bootx64.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", ReplyVC: "HTTPClient", Lease: dhcp.DefaultLeaseTime}},
+			want{File: "http://10.0.0.1:5248/bootx64.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", ReplyVC: "HTTPClient", Lease: dhcp.DefaultLeaseTime}},
 		{"not netbooting", nil, want{Siaddr: "0.0.0.0", Lease: dhcp.DefaultLeaseTime}},
 	}
 	for _, tc := range tests {

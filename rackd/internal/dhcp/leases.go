@@ -30,6 +30,7 @@ type lease struct {
 	expires  time.Time
 	bound    bool
 	hostname string
+	ended    bool // released, or its expiry was reported
 }
 
 // table is the lease state. The Server's mutex guards it.

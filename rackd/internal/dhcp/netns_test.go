@@ -52,8 +52,23 @@ var netnsConfig = dhcp.Config{
 			Prefix: netip.MustParsePrefix("10.213.1.0/24"), Gateway: netip.MustParseAddr("10.213.1.254"),
 			Ranges: []dhcp.Range{{Start: netip.MustParseAddr("10.213.1.100"), End: netip.MustParseAddr("10.213.1.150")}},
 		},
+		// perfdhcp's subnet on srv2/cli2 (perfdhcp relays: giaddr 10.215.0.2).
+		{
+			Prefix: netip.MustParsePrefix("10.215.0.0/16"),
+			Ranges: []dhcp.Range{{Start: netip.MustParseAddr("10.215.1.0"), End: netip.MustParseAddr("10.215.255.254")}},
+		},
+		// Reached only through dhcrelay (giaddr 10.216.0.1), whose server side
+		// is srv3 (10.217.0.1/24).
+		{
+			Prefix: netip.MustParsePrefix("10.216.0.0/24"), Gateway: netip.MustParseAddr("10.216.0.1"),
+			NTP:    []netip.Addr{netip.MustParseAddr("10.216.0.5")},
+			Ranges: []dhcp.Range{{Start: netip.MustParseAddr("10.216.0.100"), End: netip.MustParseAddr("10.216.0.150")}},
+		},
 	},
 }
+
+// quietEnv makes the helper server skip the per-packet event output (perfdhcp).
+const quietEnv = "FERRITE_DHCP_NETNS_QUIET"
 
 type helperEvent struct {
 	Type, MAC, IP, Description string
@@ -72,10 +87,13 @@ func runServerHelper(leaseFile string) int {
 	var mu sync.Mutex
 	enc := json.NewEncoder(os.Stdout)
 	s, err := dhcp.New(log, dhcp.Options{
-		Interfaces: []string{"srv0", "srv1"},
+		Interfaces: []string{"srv0", "srv1", "srv2", "srv3"},
 		LeaseFile:  leaseFile,
 		HTTPPort:   5248,
 		OnEvent: func(e dhcp.Event) {
+			if os.Getenv(quietEnv) != "" {
+				return
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			ip := ""
@@ -138,6 +156,7 @@ func run(t *testing.T, args ...string) {
 type rig struct {
 	srv, cli string // namespace names
 	ip       string // path of ip(8)
+	quiet    bool   // no per-packet events from the server
 }
 
 func newRig(t *testing.T) *rig {
@@ -169,6 +188,38 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
+// addPerfLink adds srv2 (10.215.0.1/16) — cli2 (10.215.0.2/16) for perfdhcp.
+func (r *rig) addPerfLink(t *testing.T) {
+	t.Helper()
+	run(t, r.ip, "-n", r.srv, "link", "add", "srv2", "type", "veth", "peer", "name", "cli2", "netns", r.cli)
+	run(t, r.ip, "-n", r.srv, "addr", "add", "10.215.0.1/16", "dev", "srv2")
+	run(t, r.ip, "-n", r.cli, "addr", "add", "10.215.0.2/16", "dev", "cli2")
+	run(t, r.ip, "-n", r.srv, "link", "set", "srv2", "up")
+	run(t, r.ip, "-n", r.cli, "link", "set", "cli2", "up")
+}
+
+// addRelay adds a relay namespace between the client and server
+// namespaces: cli3 — rly-c (10.216.0.1/24, the giaddr) in the relay
+// namespace, rly-s (10.217.0.2/24) — srv3 (10.217.0.1/24), and the server's
+// route back to the relayed subnet. It returns the relay namespace.
+func (r *rig) addRelay(t *testing.T) string {
+	t.Helper()
+	rly := strings.TrimSuffix(r.srv, "-srv") + "-rly"
+	run(t, r.ip, "netns", "add", rly)
+	t.Cleanup(func() { _ = exec.Command(r.ip, "netns", "del", rly).Run() })
+	run(t, r.ip, "-n", rly, "link", "add", "rly-c", "type", "veth", "peer", "name", "cli3", "netns", r.cli)
+	run(t, r.ip, "-n", rly, "link", "add", "rly-s", "type", "veth", "peer", "name", "srv3", "netns", r.srv)
+	run(t, r.ip, "-n", rly, "addr", "add", "10.216.0.1/24", "dev", "rly-c")
+	run(t, r.ip, "-n", rly, "addr", "add", "10.217.0.2/24", "dev", "rly-s")
+	run(t, r.ip, "-n", r.srv, "addr", "add", "10.217.0.1/24", "dev", "srv3")
+	run(t, r.ip, "-n", r.cli, "link", "set", "cli3", "address", "02:fd:00:00:00:33")
+	for _, l := range [][2]string{{rly, "rly-c"}, {rly, "rly-s"}, {rly, "lo"}, {r.srv, "srv3"}, {r.cli, "cli3"}} {
+		run(t, r.ip, "-n", l[0], "link", "set", l[1], "up")
+	}
+	run(t, r.ip, "-n", r.srv, "route", "add", "10.216.0.0/24", "via", "10.217.0.2")
+	return rly
+}
+
 // server is the helper process serving DHCP in the server namespace.
 type server struct {
 	cmd    *exec.Cmd
@@ -186,6 +237,9 @@ func (r *rig) startServer(t *testing.T, leaseFile string) *server {
 	s := &server{}
 	s.cmd = exec.Command(r.ip, "netns", "exec", r.srv, exe)
 	s.cmd.Env = append(os.Environ(), helperEnv+"="+leaseFile)
+	if r.quiet {
+		s.cmd.Env = append(s.cmd.Env, quietEnv+"=1")
+	}
 	s.cmd.Stderr = &lockedWriter{mu: &s.mu, w: &s.stderr}
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {
@@ -385,12 +439,12 @@ func TestRealPeers(t *testing.T) {
 		env := udhcpc(filepath.Join(dir, "udhcpc-1.env"))
 		udhcpcIP = inRange(t, env["ip"], "10.213.0.100", "10.213.0.150")
 		want := map[string]string{
-			"serverid": "10.213.0.1", "siaddr": "10.213.0.1", "boot_file": "lpxelinux.0", "lease": "30",
+			"serverid": "10.213.0.1", "siaddr": "10.213.0.1", "boot_file": "http://10.213.0.1:5248/ipxe.cfg", "lease": "30",
 			"router": "10.213.0.254", "dns": "10.213.0.1", "domain": "maas", "mtu": "1400", "mask": "24",
 			"broadcast":     "10.213.0.255",
-			"pxepathprefix": "http://10.213.0.1:5248/", // option 210, which busybox knows by name
-			"tftp":          "10.213.0.1",              // option 66
-			"opt175":        "b00101",                  // iPXE encapsulated: no-pxedhcp = 1
+			"pxepathprefix": "",           // option 210 is for lpxelinux.0 only
+			"tftp":          "10.213.0.1", // option 66
+			"opt175":        "b00101",     // iPXE encapsulated: no-pxedhcp = 1
 		}
 		for k, w := range want {
 			if env[k] != w {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +36,11 @@ type Options struct {
 	// DHCP_NAK, DHCP_RELEASE and DHCP_DECLINE events. It is called on the
 	// packet path and must not block.
 	OnEvent func(Event)
+	// OnLease receives every lease change: LeaseActive on ACK (renewals
+	// too), LeaseReleased on RELEASE, LeaseDeclined on DECLINE, and
+	// LeaseExpired when a bound lease runs out. It is called on the packet
+	// path (and from the expiry sweep) and must not block.
+	OnLease func(LeaseChange)
 	// Port is the server port, default 67. Replies to relays go to giaddr:Port
 	// and replies to clients to Port+1 (68), as clients and relays pair them.
 	Port int
@@ -49,6 +55,21 @@ type Event struct {
 	MAC         net.HardwareAddr
 	IP          netip.Addr // invalid when none applies
 	Description string
+}
+
+// Lease states reported through Options.OnLease.
+const (
+	LeaseActive   = "active"
+	LeaseReleased = "released"
+	LeaseExpired  = "expired"
+	LeaseDeclined = "declined"
+)
+
+// LeaseChange is one lease state change for the region.
+type LeaseChange struct {
+	Lease
+	State string    // LeaseActive, ...
+	Time  time.Time // when the server saw the change
 }
 
 // Stats are counters since New.
@@ -253,6 +274,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.PacketConn) error {
 		})
 	}
 	g.Go(func() error { s.persistLoop(gctx); return nil })
+	g.Go(func() error { s.expiryLoop(gctx); return nil })
 	g.Go(func() error {
 		defer close(jobs)
 		return s.readLoop(gctx, conn, pc, jobs)
@@ -343,6 +365,55 @@ func (s *Server) emit(typ string, mac net.HardwareAddr, ip netip.Addr, desc stri
 		return
 	}
 	s.opts.OnEvent(Event{Type: typ, MAC: append(net.HardwareAddr(nil), mac...), IP: ip, Description: desc})
+}
+
+func (s *Server) leaseChanged(l *lease, state string, now time.Time) {
+	if s.opts.OnLease == nil {
+		return
+	}
+	s.opts.OnLease(LeaseChange{
+		Lease: Lease{MAC: slices.Clone(l.mac), IP: l.ip, Expires: l.expires, Hostname: l.hostname},
+		State: state, Time: now,
+	})
+}
+
+// expirySweep is how often bound leases are checked for expiry.
+const expirySweep = 2 * time.Second
+
+// expiryLoop reports bound leases that ran out, once each.
+func (s *Server) expiryLoop(ctx context.Context) {
+	if s.opts.OnLease == nil {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(expirySweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.SweepExpired()
+	}
+}
+
+// SweepExpired reports (through Options.OnLease) the bound leases that
+// expired since the last sweep. The server calls it every few seconds.
+func (s *Server) SweepExpired() {
+	now := s.now()
+	var expired []lease
+	s.mu.Lock()
+	for _, l := range s.table.byIP {
+		if l.bound && !l.ended && !now.Before(l.expires) {
+			l.ended = true
+			expired = append(expired, *l)
+		}
+	}
+	s.mu.Unlock()
+	for i := range expired {
+		s.leaseChanged(&expired[i], LeaseExpired, now)
+	}
 }
 
 func (s *Server) clientPort() int { return s.opts.Port + 1 }

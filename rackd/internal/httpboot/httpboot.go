@@ -216,7 +216,51 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", ct)
 	w.Header().Set("X-Server-Addr", local.String())
+	if rh := r.Header.Get("Range"); rh != "" {
+		nh, ok := cleanRange(rh)
+		if !ok {
+			w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(f.Size, 10))
+			http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
+		r.Header.Set("Range", nh)
+		if nh == "" {
+			r.Header.Del("Range")
+		}
+	}
 	http.ServeContent(w, r, f.Name, f.ModTime, f.Content)
+}
+
+// maxRanges is the most byte ranges one request may ask for; more are
+// ignored and the whole file is sent (RFC 9110 §14.2 lets a server ignore
+// Range, and many small ranges are a known amplification trick).
+const maxRanges = 16
+
+// cleanRange fixes what http.ServeContent gets wrong about Range (Go 1.26):
+// a unit other than bytes must be ignored (RFC 9110 §14.2), not answered
+// 416; a suffix range of length 0 ("bytes=-0") is unsatisfiable (§14.1.2),
+// not a 206 with "Content-Range: bytes 10-9/10". It returns the header to
+// use ("" = ignore Range) and ok=false when nothing is satisfiable.
+func cleanRange(h string) (string, bool) {
+	unit, set, found := strings.Cut(h, "=")
+	if !found || !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
+		return "", true
+	}
+	specs := strings.Split(set, ",")
+	if len(specs) > maxRanges {
+		return "", true
+	}
+	kept := specs[:0]
+	for _, sp := range specs {
+		if t := strings.TrimSpace(sp); strings.HasPrefix(t, "-") && strings.TrimLeft(t[1:], "0") == "" && len(t) > 1 {
+			continue // -0, -00: unsatisfiable
+		}
+		kept = append(kept, sp)
+	}
+	if len(kept) == 0 {
+		return "", false
+	}
+	return "bytes=" + strings.Join(kept, ","), true
 }
 
 // Serve serves on ln until ctx ends, then shuts down gracefully and

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
 
+	rackv1 "github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1"
 	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
 	"github.com/ferrite-metal/ferrite/rackd/internal/httpboot"
 	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
@@ -26,14 +27,23 @@ import (
 
 var loader = bytes.Repeat([]byte("0123456789"), 1000)
 
+const bigSize = 32 << 20
+
 func start(t *testing.T, regionURLs []string) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "lpxelinux.0"), loader, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "big.efi"), bytes.Repeat([]byte("x"), bigSize), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	m := metrics.New()
-	h := bootfiles.New(bootfiles.Options{LoaderDirs: []string{dir}, Log: zaptest.NewLogger(t), Metrics: m})
+	h := bootfiles.New(bootfiles.Options{Cache: dirCache(dir), Log: zaptest.NewLogger(t), Metrics: m})
+	h.SetBootloaders([]*rackv1.BootFile{
+		{Filename: "lpxelinux.0", Sha256: strings.Repeat("ab", 32)},
+		{Filename: "big.efi", Sha256: strings.Repeat("cd", 32)},
+	})
 	srv := httpboot.New(h, regionURLs, zaptest.NewLogger(t), m)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,6 +64,13 @@ func start(t *testing.T, regionURLs []string) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// dirCache is a bootfiles.FileCache holding every file in a directory.
+type dirCache string
+
+func (d dirCache) Ensure(_ context.Context, f *rackv1.BootFile) (string, error) {
+	return filepath.Join(string(d), f.GetFilename()), nil
 }
 
 // rawGet sends the request line exactly as given (no client-side cleaning).

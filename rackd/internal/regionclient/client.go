@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,6 +36,8 @@ type Options struct {
 	EventBuffer       int                            // 1000 events
 	EventBatch        int                            // 100 events
 	EventFlush        time.Duration                  // 1 s
+	LeaseBatch        int                            // 500 lease changes per ReportLeases
+	LeaseFlush        time.Duration                  // 1 s
 	EndpointRefresh   time.Duration                  // 5 min
 	RetryDelay        time.Duration                  // first delay between Hello/WatchConfig retries, 1 s
 	Metrics           *metrics.Registry              // nil: a private registry
@@ -57,6 +60,13 @@ type Client struct {
 	httpURLs  []string // region HTTP URLs learnt from RackConfig
 
 	dropped, sent, sendFailed *metrics.Counter
+
+	// Lease batcher state (leases.go).
+	leaseMu                        sync.Mutex
+	leasePending                   map[netip.Addr]*rackv1.Lease
+	leaseTable                     func() []*rackv1.Lease
+	leaseResync                    bool
+	leasesSent, leaseBatchesFailed *metrics.Counter
 }
 
 // New builds the client; no connection is made until the first call.
@@ -75,6 +85,12 @@ func New(id *Identity, stateDir string, log *zap.Logger, opts Options) (*Client,
 	}
 	if opts.EventFlush == 0 {
 		opts.EventFlush = time.Second
+	}
+	if opts.LeaseBatch == 0 {
+		opts.LeaseBatch = 500
+	}
+	if opts.LeaseFlush == 0 {
+		opts.LeaseFlush = time.Second
 	}
 	if opts.EndpointRefresh == 0 {
 		opts.EndpointRefresh = 5 * time.Minute
@@ -125,6 +141,11 @@ func New(id *Identity, stateDir string, log *zap.Logger, opts Options) (*Client,
 		dropped:    m.Counter("ferrite_rack_events_dropped_total", "Events dropped because the queue was full or the region refused them."),
 		sent:       m.Counter("ferrite_rack_events_sent_total", "Events delivered to a region."),
 		sendFailed: m.Counter("ferrite_rack_event_batches_failed_total", "SendEvents calls that failed."),
+
+		leasePending:       map[netip.Addr]*rackv1.Lease{},
+		leaseResync:        true,
+		leasesSent:         m.Counter("ferrite_rack_lease_changes_sent_total", "DHCP lease changes delivered to a region."),
+		leaseBatchesFailed: m.Counter("ferrite_rack_lease_batches_failed_total", "ReportLeases calls that failed."),
 	}, nil
 }
 
@@ -148,8 +169,9 @@ func (c *Client) RackID() string { return c.id.State.RackID }
 // when ctx ends.
 func (c *Client) Run(ctx context.Context, onConfig func(*rackv1.RackConfig)) error {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); c.runEvents(ctx) }()
+	go func() { defer wg.Done(); c.runLeases(ctx) }()
 	go func() { defer wg.Done(); c.refreshEndpoints(ctx) }()
 	c.watch(ctx, onConfig)
 	wg.Wait()
@@ -193,12 +215,16 @@ func (c *Client) watchOnce(ctx context.Context, onConfig func(*rackv1.RackConfig
 	if err != nil {
 		return fmt.Errorf("open WatchConfig: %w", err)
 	}
-	for {
+	for first := true; ; first = false {
 		resp, err := stream.Recv()
 		if err != nil {
 			return fmt.Errorf("receive config: %w", err)
 		}
 		gotOne()
+		if first {
+			// (Re)connected: the region may have missed lease changes.
+			c.resyncLeases()
+		}
 		cfg := resp.GetConfig()
 		if cfg == nil {
 			continue

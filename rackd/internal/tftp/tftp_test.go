@@ -3,7 +3,6 @@ package tftp_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"net"
 	"net/netip"
 	"os"
@@ -16,10 +15,8 @@ import (
 	"time"
 
 	pintftp "github.com/pin/tftp/v3"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
-	"github.com/ferrite-metal/ferrite/rackd/internal/tftp"
 )
 
 // recorder wraps the real handler and remembers requests.
@@ -38,35 +35,8 @@ func (r *recorder) Open(ctx context.Context, req bootfiles.Request) (*bootfiles.
 
 func start(t *testing.T) (addr string, content []byte, rec *recorder) {
 	t.Helper()
-	dir := t.TempDir()
-	content = make([]byte, 100_000+123)
-	if _, err := rand.Read(content); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "lpxelinux.0"), content, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rec = &recorder{h: bootfiles.New(bootfiles.Options{LoaderDirs: []string{dir}, Log: zaptest.NewLogger(t)})}
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := tftp.New(rec, zaptest.NewLogger(t), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, conn) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve = %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Serve did not return after cancel")
-		}
-	})
-	return conn.LocalAddr().String(), content, rec
+	e := serve(t, nil)
+	return e.addr, e.content, e.rec
 }
 
 func needTool(t *testing.T, name string) string {

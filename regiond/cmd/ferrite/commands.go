@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 	"github.com/ferrite-metal/ferrite/regiond/apiclient"
 )
 
@@ -21,17 +22,21 @@ func commands() []command {
 	return []command{
 		{"login", "--url URL --token TOKEN", "Check TOKEN against the region API at URL and save both for later commands.", setupLogin},
 		{"racks list", "[-o json]", "List registered rack controllers.", setupRacksList},
-		{"subnets create", "--cidr CIDR --rack NAME [--gateway IP] [--dns IP]... [--dynamic-range LO-HI]... [-o json]",
+		{"subnets create", "--cidr CIDR --rack NAME [--gateway IP] [--dns IP]... [--dynamic-range LO-HI]... [--ntp IP]... [--disable-boot-method M]... [-o json]",
 			"Create a subnet served by rack NAME.", setupSubnetsCreate},
 		{"subnets list", "[-o json]", "List subnets.", setupSubnetsList},
 		{"images upload", "--name custom/NAME [--arch amd64/generic] --kernel FILE --initrd FILE [-o json]",
 			"Upload a kernel and an initrd as a boot image (replaces an image of the same name and arch).", setupImagesUpload},
+		{"images import-bootloaders", "[--from-host] [--cache-dir DIR] [--download-only] [-o json]",
+			"Import boot loaders (shim, signed GRUB, PXELINUX + modules, iPXE) from this host's Debian packages; racks serve them.",
+			setupImportBootloaders},
 		{"images list", "[-o json]", "List boot images.", setupImagesList},
 		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts).", setupConfigSet},
 		{"config get", "[KEY] [-o json]", "Print one configuration value, or all of them.", setupConfigGet},
 		{"machines list", "[-o json]", "List machines.", setupMachinesList},
 		{"machines show", "SYSTEM_ID [-o json]", "Show one machine.", setupMachinesShow},
 		{"events list", "[--limit N] [--mac MAC] [--system-id ID] [-o json]", "List the latest events, oldest first.", setupEventsList},
+		{"leases list", "[--mac MAC] [--rack NAME] [--state STATE] [-o json]", "List DHCP leases as the racks reported them.", setupLeasesList},
 	}
 }
 
@@ -146,13 +151,20 @@ func setupSubnetsCreate(fs *flag.FlagSet) action {
 	fs.Var(&gateway, "gateway", "default gateway `IP` handed out by DHCP")
 	fs.Var(&dns, "dns", "DNS server `IP` handed out by DHCP; repeat or comma-separate for several")
 	fs.Var(&ranges, "dynamic-range", "DHCP pool `LO-HI`, e.g. 10.0.0.100-10.0.0.200; repeatable")
+	var (
+		ntp      addrList
+		disabled bootMethodList
+	)
+	fs.Var(&ntp, "ntp", "NTP server `IP` handed out by DHCP (option 42); repeat or comma-separate for several")
+	fs.Var(&disabled, "disable-boot-method", "boot `METHOD` DHCP does not offer on this subnet: "+strings.Join(bootmethod.Names(), ", ")+"; repeatable")
 	rack := fs.String("rack", "", "`NAME` of the rack that serves the subnet (required)")
 	out := outputFlag(fs)
 	return func(ctx context.Context, a *app, args []string) error {
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		req := apiclient.SubnetCreate{CIDR: cidr.p, Gateway: gateway.a, DNSServers: dns, DynamicRanges: ranges, Rack: *rack}
+		req := apiclient.SubnetCreate{CIDR: cidr.p, Gateway: gateway.a, DNSServers: dns, DynamicRanges: ranges, Rack: *rack,
+			NTPServers: ntp, DisabledBootMethods: disabled}
 		if err := checkSubnet(req); err != nil {
 			return usageError{err}
 		}
@@ -424,6 +436,49 @@ func setupEventsList(fs *flag.FlagSet) action {
 			header(w, "TIME", "TYPE", "SYSTEM ID", "MAC", "IP", "RACK", "DESCRIPTION")
 			for _, e := range events {
 				row(w, when(e.Time), e.Type, e.SystemID, e.MAC, e.IP, e.Rack, e.Description)
+			}
+		})
+	}
+}
+
+func setupLeasesList(fs *flag.FlagSet) action {
+	mac := fs.String("mac", "", "only leases of this `MAC`")
+	rack := fs.String("rack", "", "only leases of this rack (`NAME` or ID)")
+	state := fs.String("state", "", "only leases in this `STATE`: active, released, expired or declined")
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		f := apiclient.LeaseFilter{Rack: *rack, State: *state}
+		var errs []error
+		if *mac != "" {
+			m, err := parseMAC(*mac)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--mac: %w", err))
+			}
+			f.MAC = m
+		}
+		switch *state {
+		case "", "active", "released", "expired", "declined":
+		default:
+			errs = append(errs, fmt.Errorf("--state %q: want active, released, expired or declined", *state))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return usageError{err}
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		leases, err := c.ListLeases(ctx, f)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, nonNil(leases), func(w io.Writer) {
+			header(w, "IP", "MAC", "HOSTNAME", "STATE", "EXPIRES", "RACK")
+			for _, l := range leases {
+				row(w, l.IP.String(), l.MAC, l.Hostname, l.State, when(l.Expires), l.Rack)
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 	"github.com/ferrite-metal/ferrite/regiond/apiclient"
 )
 
@@ -93,6 +94,22 @@ func (l *addrList) Set(v string) error {
 			return err
 		}
 		*l = append(*l, a)
+	}
+	return nil
+}
+
+// bootMethodList is a repeatable flag of boot method names (package bootmethod).
+type bootMethodList []string
+
+func (l *bootMethodList) String() string { return strings.Join(*l, ",") }
+
+func (l *bootMethodList) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if err := bootmethod.Check(s); err != nil {
+			return err
+		}
+		*l = append(*l, s)
 	}
 	return nil
 }

@@ -110,7 +110,9 @@ rack-RACKID  rack1  0.1.0    2000-01-01T00:00:01Z  eth0 10.99.0.2/24,fd00::2/64;
         "end": "10.99.0.200"
       }
     ],
-    "rack": "rack1"
+    "rack": "rack1",
+    "disabled_boot_methods": [],
+    "ntp_servers": []
   }
 ]
 `, ""},
@@ -138,7 +140,9 @@ rack-RACKID  rack1  0.1.0    2000-01-01T00:00:01Z  eth0 10.99.0.2/24,fd00::2/64;
   "domain": "",
   "mtu": 1500,
   "dynamic_ranges": [],
-  "rack": "rack1"
+  "rack": "rack1",
+  "disabled_boot_methods": [],
+  "ntp_servers": []
 }
 `, ""},
 			wantReqs: []apiRequest{{Method: "POST", Path: "/api/v1/subnets", Body: `{"cidr":"fd00:1::/64","rack":"rack1"}`}},
@@ -148,6 +152,61 @@ rack-RACKID  rack1  0.1.0    2000-01-01T00:00:01Z  eth0 10.99.0.2/24,fd00::2/64;
 			args:     []string{"subnets", "create", "--cidr", "10.98.0.0/24", "--rack", "nope"},
 			want:     result{1, "", "ferrite: create subnet 10.98.0.0/24: rack: no rack named \"nope\" (HTTP 400)\n"},
 			wantReqs: []apiRequest{{Method: "POST", Path: "/api/v1/subnets", Body: `{"cidr":"10.98.0.0/24","rack":"nope"}`}},
+		},
+		{
+			name: "subnets create with NTP and disabled boot methods",
+			args: []string{"subnets", "create", "-o", "json", "--cidr=10.97.0.0/24", "--rack=rack1", "--ntp", "10.97.0.1,10.97.0.2",
+				"--disable-boot-method", "uefi_amd64_tftp", "--disable-boot-method=ipxe"},
+			want: result{0, `{
+  "id": 2,
+  "cidr": "10.97.0.0/24",
+  "gateway": "",
+  "dns_servers": [],
+  "domain": "",
+  "mtu": 1500,
+  "dynamic_ranges": [],
+  "rack": "rack1",
+  "disabled_boot_methods": [
+    "uefi_amd64_tftp",
+    "ipxe"
+  ],
+  "ntp_servers": [
+    "10.97.0.1",
+    "10.97.0.2"
+  ]
+}
+`, ""},
+			wantReqs: []apiRequest{{Method: "POST", Path: "/api/v1/subnets",
+				Body: `{"cidr":"10.97.0.0/24","rack":"rack1","disabled_boot_methods":["uefi_amd64_tftp","ipxe"],"ntp_servers":["10.97.0.1","10.97.0.2"]}`}},
+		},
+		{
+			name: "leases list",
+			args: []string{"leases", "list"},
+			want: result{0, `IP           MAC                HOSTNAME  STATE     EXPIRES               RACK
+10.99.0.100  52:54:00:12:34:56  node1     active    2040-01-01T00:00:00Z  rack1
+10.99.0.101  52:54:00:12:34:99  -         released  2026-03-01T10:00:00Z  rack1
+`, ""},
+			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/leases"}},
+			seed:     seedLeases,
+		},
+		{
+			name:     "leases list by MAC, json",
+			args:     []string{"leases", "list", "--mac", "52-54-00-12-34-99", "-o", "json"},
+			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/leases", Query: "mac=52%3A54%3A00%3A12%3A34%3A99"}},
+			seed:     seedLeases,
+			want: result{0, `[
+  {
+    "ip": "10.99.0.101",
+    "mac": "52:54:00:12:34:99",
+    "hostname": "",
+    "state": "released",
+    "expires": "2026-03-01T10:00:00Z",
+    "updated": "2026-03-01T10:00:00Z",
+    "rack": "rack1",
+    "rack_id": "rack-RACKID"
+  }
+]
+`, ""},
 		},
 		{
 			name: "images list",
@@ -502,6 +561,10 @@ func TestUsage(t *testing.T) {
 			wantStderr: "ferrite subnets create: invalid value \"10.0.0.5/24\" for flag -cidr: 10.0.0.5/24 has host bits set: did you mean 10.0.0.0/24?\nRun 'ferrite subnets create -h' for usage.\n"},
 		{name: "subnet bad dns", args: []string{"subnets", "create", "--dns", "1.1.1.1,dns.example"}, wantCode: 2,
 			wantStderr: "ferrite subnets create: invalid value \"1.1.1.1,dns.example\" for flag -dns: \"dns.example\" is not an IP address\nRun 'ferrite subnets create -h' for usage.\n"},
+		{name: "subnet unknown boot method", args: []string{"subnets", "create", "--disable-boot-method", "uefi"}, wantCode: 2,
+			wantStderr: "ferrite subnets create: invalid value \"uefi\" for flag -disable-boot-method: unknown boot method \"uefi\": want one of ipxe, pxe, uefi_amd64_tftp, uefi_amd64_http, uefi_arm64_tftp, uefi_arm64_http\nRun 'ferrite subnets create -h' for usage.\n"},
+		{name: "leases bad state", args: []string{"leases", "list", "--state", "bound"}, wantCode: 2,
+			wantStderr: "ferrite leases list: --state \"bound\": want active, released, expired or declined\nRun 'ferrite leases list -h' for usage.\n"},
 		{name: "subnet range not a range", args: []string{"subnets", "create", "--dynamic-range", "10.0.0.1"}, wantCode: 2,
 			wantStderr: "ferrite subnets create: invalid value \"10.0.0.1\" for flag -dynamic-range: \"10.0.0.1\" is not a range LO-HI such as 10.0.0.100-10.0.0.200\nRun 'ferrite subnets create -h' for usage.\n"},
 		{name: "subnet range backwards", args: []string{"subnets", "create", "--dynamic-range", "10.0.0.9-10.0.0.1"}, wantCode: 2,

@@ -182,3 +182,18 @@ func seedEvents(t testing.TB, tr *testRegion) {
 		t.Fatal(err)
 	}
 }
+
+// seedLeases gives the inventory's rack two leases.
+func seedLeases(t testing.TB, tr *testRegion) {
+	t.Helper()
+	seedInventory(t, tr)
+	past := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	err := tr.Store.UpsertLeases(context.Background(), tr.rack.ID, []store.Lease{
+		{IP: netip.MustParseAddr("10.99.0.100"), MAC: "52:54:00:12:34:56", Hostname: "node1",
+			Expires: time.Date(2040, 1, 1, 0, 0, 0, 0, time.UTC), State: "active", Updated: past},
+		{IP: netip.MustParseAddr("10.99.0.101"), MAC: "52:54:00:12:34:99", Expires: past, State: "released", Updated: past},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

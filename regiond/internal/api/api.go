@@ -37,6 +37,7 @@ type Store interface {
 	Machine(ctx context.Context, systemID string) (store.Machine, error)
 	ListMachines(ctx context.Context) ([]store.Machine, error)
 	ListEvents(ctx context.Context, f store.EventFilter) ([]store.Event, error)
+	ListLeases(ctx context.Context, f store.LeaseFilter) ([]store.Lease, error)
 }
 
 // Config configures the handlers.
@@ -107,6 +108,7 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle("GET /api/v1/machines", auth(s.listMachines))
 	mux.Handle("GET /api/v1/machines/{id}", auth(s.getMachine))
 	mux.Handle("GET /api/v1/events", auth(s.listEvents))
+	mux.Handle("GET /api/v1/leases", auth(s.listLeases))
 	mux.Handle("/api/v1/", auth(s.noSuchEndpoint))
 	// Machine- and rack-facing, anonymous.
 	mux.HandleFunc("GET /MAAS/rpc/{$}", s.rpcEndpoints)

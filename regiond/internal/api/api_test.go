@@ -196,6 +196,7 @@ func TestAPIRequiresToken(t *testing.T) {
 		{"GET", "/api/v1/machines", ""},
 		{"GET", "/api/v1/machines/abc", ""},
 		{"GET", "/api/v1/events", ""},
+		{"GET", "/api/v1/leases", ""},
 		{"DELETE", "/api/v1/nothing", ""},
 	}
 	for _, token := range []string{"", "wrong"} {
@@ -223,7 +224,9 @@ func TestCreateSubnet(t *testing.T) {
 		code    int
 		errPart string
 	}{
-		{"good", `{"cidr":"10.0.0.0/24","gateway":"10.0.0.1","dns_servers":["10.0.0.1"],"dynamic_ranges":[{"start":"10.0.0.100","end":"10.0.0.200"}],"rack":"rack-a"}`, 201, ""},
+		{"good", `{"cidr":"10.0.0.0/24","gateway":"10.0.0.1","dns_servers":["10.0.0.1"],"dynamic_ranges":[{"start":"10.0.0.100","end":"10.0.0.200"}],"rack":"rack-a","disabled_boot_methods":["ipxe"],"ntp_servers":["10.0.0.2"]}`, 201, ""},
+		{"unknown boot method", `{"cidr":"10.1.0.0/24","rack":"rack-a","disabled_boot_methods":["floppy"]}`, 400, "disabled_boot_methods[0]"},
+		{"bad ntp server", `{"cidr":"10.1.0.0/24","rack":"rack-a","ntp_servers":["ntp.example"]}`, 400, "ntp_servers[0]"},
 		{"overlap", `{"cidr":"10.0.0.128/25","rack":"rack-a"}`, 409, "overlaps"},
 		{"unknown field", `{"cidr":"10.1.0.0/24","rack":"rack-a","colour":"red"}`, 400, `"colour"`},
 		{"wrong type", `{"cidr":"10.1.0.0/24","rack":"rack-a","mtu":"big"}`, 400, `"mtu"`},
@@ -261,7 +264,8 @@ func TestCreateSubnet(t *testing.T) {
 	}
 	// The store fills in the default MTU.
 	want := []subnetJSON{{ID: created.ID, CIDR: "10.0.0.0/24", Gateway: "10.0.0.1", DNSServers: []string{"10.0.0.1"},
-		MTU: store.DefaultMTU, DynamicRanges: []rangeJSON{{"10.0.0.100", "10.0.0.200"}}, Rack: "rack-a"}}
+		MTU: store.DefaultMTU, DynamicRanges: []rangeJSON{{"10.0.0.100", "10.0.0.200"}}, Rack: "rack-a",
+		DisabledBootMethods: []string{"ipxe"}, NTPServers: []string{"10.0.0.2"}}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("subnets (-want +got):\n%s", diff)
 	}

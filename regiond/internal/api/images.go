@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"regexp"
 	"strings"
@@ -19,7 +20,12 @@ const (
 	fileKernel         = "boot-kernel"
 	fileInitrd         = "boot-initrd"
 	kindKernelInitrd   = "kernel-initrd"
+	kindBootloader     = "bootloader"
 	maxImageFieldBytes = 256
+	// Limits on a kind=bootloader upload: files per resource and the length
+	// of a served name.
+	maxBootloaderFiles   = 256
+	maxBootloaderNameLen = 100
 )
 
 var (
@@ -96,8 +102,41 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// validBootloaderName checks the name a boot loader is served under, at the
+// root of the rack's TFTP and HTTP trees: [A-Za-z0-9._-], not starting with
+// '.' (so no "..", no "/", no hidden files), at most maxBootloaderNameLen
+// bytes.
+func validBootloaderName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty file name")
+	case len(name) > maxBootloaderNameLen:
+		return fmt.Errorf("file name %.20q...: longer than %d bytes", name, maxBootloaderNameLen)
+	case name[0] == '.':
+		return fmt.Errorf("file name %q: must not start with '.'", name)
+	}
+	for _, c := range []byte(name) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("file name %q: only letters, digits, '.', '_' and '-' are allowed (no directories)", name)
+		}
+	}
+	return nil
+}
+
+// partFileName is the filename parameter of a part's Content-Disposition as
+// sent (multipart.Part.FileName would strip directories and hide "../").
+func partFileName(p *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
+}
+
 // uploadImage reads a multipart form (fields name, arch; files kernel,
 // initrd) part by part, streaming each file straight into the blob store.
+// With the field kind=bootloader it takes instead any number of parts
+// named "file", each served under its part's filename.
 func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 	ct := r.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
@@ -115,6 +154,8 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 	log := s.log
 	fields := map[string]string{}
 	files := map[string]store.BootFile{}
+	var loaders []store.BootFile // kind=bootloader: parts named "file"
+	loaderNames := map[string]bool{}
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
@@ -126,7 +167,7 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 		}
 		name := part.FormName()
 		switch name {
-		case "name", "arch":
+		case "name", "arch", "kind":
 			if _, dup := fields[name]; dup {
 				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: given twice", name))
 				return
@@ -168,8 +209,40 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 			}
 			files[name] = store.BootFile{Filename: filename, SHA256: sum, Size: size}
 			log.Info("stored image file", zap.String("part", name), zap.String("sha256", sum), zap.Int64("size", size))
+		case "file":
+			fn := partFileName(part)
+			if err := validBootloaderName(fn); err != nil {
+				writeError(w, http.StatusBadRequest, "file: "+err.Error())
+				return
+			}
+			if loaderNames[fn] {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("file: %q given twice", fn))
+				return
+			}
+			if len(loaders) >= maxBootloaderFiles {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("file: more than %d files", maxBootloaderFiles))
+				return
+			}
+			loaderNames[fn] = true
+			sum, size, err := s.store.PutBlob(ctx, &limitedReader{r: part, n: maxImageFile})
+			if err != nil {
+				var br *badRequest
+				var mbe *http.MaxBytesError
+				if errors.As(err, &br) || errors.As(err, &mbe) {
+					writeError(w, http.StatusBadRequest, fmt.Sprintf("file %s: %s", fn, tooBig(err)))
+					return
+				}
+				s.storeError(w, r, "store "+fn, err)
+				return
+			}
+			if size == 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("file %s: empty file", fn))
+				return
+			}
+			s.metrics.uploadedBytes.Add(size)
+			loaders = append(loaders, store.BootFile{Filename: fn, SHA256: sum, Size: size})
 		default:
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown form field %q (want name, arch, kernel, initrd)", name))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown form field %q (want name, arch, kernel, initrd; or kind=bootloader and files named file)", name))
 			return
 		}
 		_ = part.Close()
@@ -188,10 +261,29 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 	} else if err != nil {
 		problems = append(problems, "arch: "+err.Error())
 	}
-	for _, f := range []string{"kernel", "initrd"} {
-		if _, ok := files[f]; !ok {
-			problems = append(problems, f+": file required")
+	kind := fields["kind"]
+	resourceFiles := []store.BootFile{files["kernel"], files["initrd"]}
+	switch kind {
+	case "", kindKernelInitrd:
+		kind = kindKernelInitrd
+		for _, f := range []string{"kernel", "initrd"} {
+			if _, ok := files[f]; !ok {
+				problems = append(problems, f+": file required")
+			}
 		}
+		if len(loaders) > 0 {
+			problems = append(problems, "file: only kind bootloader takes parts named file")
+		}
+	case kindBootloader:
+		resourceFiles = loaders
+		if len(loaders) == 0 {
+			problems = append(problems, "file: a bootloader needs at least one part named file")
+		}
+		if len(files) > 0 {
+			problems = append(problems, "kernel, initrd: not part of a bootloader (send parts named file)")
+		}
+	default:
+		problems = append(problems, fmt.Sprintf("kind: %q is not %s or %s", kind, kindKernelInitrd, kindBootloader))
 	}
 	if len(problems) > 0 {
 		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "))
@@ -200,8 +292,8 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 	br, err := s.store.SaveBootResource(ctx, store.BootResource{
 		Name:  imgName,
 		Arch:  arch,
-		Kind:  kindKernelInitrd,
-		Files: []store.BootFile{files["kernel"], files["initrd"]},
+		Kind:  kind,
+		Files: resourceFiles,
 	})
 	if err != nil {
 		s.storeError(w, r, "save image "+imgName, err)

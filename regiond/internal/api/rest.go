@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 	"github.com/ferrite-metal/ferrite/regiond/internal/store"
 )
 
@@ -65,11 +67,18 @@ type subnetJSON struct {
 	MTU           int         `json:"mtu"`
 	DynamicRanges []rangeJSON `json:"dynamic_ranges"`
 	Rack          string      `json:"rack"`
+	// DisabledBootMethods: see package bootmethod.
+	DisabledBootMethods []string `json:"disabled_boot_methods"`
+	NTPServers          []string `json:"ntp_servers"`
 }
 
 func subnetOut(sn store.Subnet) subnetJSON {
 	j := subnetJSON{ID: sn.ID, CIDR: sn.CIDR.String(), Domain: sn.Domain, MTU: sn.MTU, Rack: sn.Rack,
-		DNSServers: []string{}, DynamicRanges: []rangeJSON{}}
+		DNSServers: []string{}, DynamicRanges: []rangeJSON{}, NTPServers: []string{},
+		DisabledBootMethods: nonNil(slices.Clone(sn.DisabledBootMethods))}
+	for _, a := range sn.NTPServers {
+		j.NTPServers = append(j.NTPServers, a.String())
+	}
 	if sn.Gateway.IsValid() {
 		j.Gateway = sn.Gateway.String()
 	}
@@ -103,6 +112,9 @@ type createSubnetRequest struct {
 	MTU           int         `json:"mtu"`
 	DynamicRanges []rangeJSON `json:"dynamic_ranges"`
 	Rack          string      `json:"rack"`
+	// DisabledBootMethods: see package bootmethod.
+	DisabledBootMethods []string `json:"disabled_boot_methods"`
+	NTPServers          []string `json:"ntp_servers"`
 }
 
 // parseSubnet validates a create request and reports every problem.
@@ -170,6 +182,21 @@ func parseSubnet(req createSubnetRequest) (store.Subnet, error) {
 		inCIDR(fmt.Sprintf("dynamic_ranges[%d].start", i), start)
 		inCIDR(fmt.Sprintf("dynamic_ranges[%d].end", i), end)
 		sn.DynamicRanges = append(sn.DynamicRanges, store.IPRange{Start: start, End: end})
+	}
+	for i, m := range req.DisabledBootMethods {
+		if err := bootmethod.Check(m); err != nil {
+			problems = append(problems, fmt.Sprintf("disabled_boot_methods[%d]: %v", i, err))
+			continue
+		}
+		sn.DisabledBootMethods = append(sn.DisabledBootMethods, m)
+	}
+	for i, d := range req.NTPServers {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("ntp_servers[%d]: %q is not an IP address", i, d))
+			continue
+		}
+		sn.NTPServers = append(sn.NTPServers, a)
 	}
 	if req.Rack == "" {
 		problems = append(problems, "rack: required (the name of the rack serving DHCP on this subnet)")

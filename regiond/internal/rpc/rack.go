@@ -121,6 +121,10 @@ func (s *Server) RackConfig(ctx context.Context, rackID string) (*rackv1.RackCon
 		for _, r := range sn.DynamicRanges {
 			ps.DynamicRanges = append(ps.DynamicRanges, &rackv1.IPRange{Start: r.Start.String(), End: r.End.String()})
 		}
+		ps.DisabledBootMethods = slices.Clone(sn.DisabledBootMethods)
+		for _, a := range sn.NTPServers {
+			ps.NtpServers = append(ps.NtpServers, a.String())
+		}
 		cfg.Subnets = append(cfg.Subnets, ps)
 	}
 	slices.SortFunc(cfg.Subnets, func(a, b *rackv1.Subnet) int { return strings.Compare(a.Cidr, b.Cidr) })
@@ -135,7 +139,43 @@ func (s *Server) RackConfig(ctx context.Context, rackID string) (*rackv1.RackCon
 		}
 	}
 	slices.SortFunc(cfg.BootFiles, func(a, b *rackv1.BootFile) int { return strings.Compare(a.Sha256, b.Sha256) })
+	cfg.Bootloaders = bootloaders(resources)
 	return cfg, nil
+}
+
+// bootloaders lists every file of every kind=bootloader resource, by
+// filename. When two resources serve the same filename the newest wins
+// (ties broken by name, then arch, so the answer never flaps).
+func bootloaders(resources []store.BootResource) []*rackv1.BootFile {
+	var loaders []store.BootResource
+	for _, br := range resources {
+		if br.Kind == store.KindBootloader {
+			loaders = append(loaders, br)
+		}
+	}
+	slices.SortStableFunc(loaders, func(a, b store.BootResource) int {
+		if c := b.Created.Compare(a.Created); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Arch, b.Arch)
+	})
+	byName := map[string]*rackv1.BootFile{}
+	for _, br := range loaders {
+		for _, f := range br.Files {
+			if _, taken := byName[f.Filename]; !taken {
+				byName[f.Filename] = &rackv1.BootFile{Sha256: f.SHA256, Size: f.Size, Filename: f.Filename}
+			}
+		}
+	}
+	out := make([]*rackv1.BootFile, 0, len(byName))
+	for _, f := range byName {
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(a, b *rackv1.BootFile) int { return strings.Compare(a.Filename, b.Filename) })
+	return out
 }
 
 // FetchFile streams a blob from the requested offset in ChunkSize pieces.

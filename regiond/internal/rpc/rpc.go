@@ -37,6 +37,7 @@ type Store interface {
 	MachineByUUID(ctx context.Context, uuid string) (store.Machine, error)
 	OpenBlob(ctx context.Context, sha256hex string, offset int64) (io.ReadCloser, int64, error)
 	AddEvents(ctx context.Context, evs ...store.Event) error
+	UpsertLeases(ctx context.Context, rackID string, leases []store.Lease) error
 	WaitForChanges(ctx context.Context, fn func()) error
 }
 

@@ -35,6 +35,10 @@ type BootResource struct {
 // DefaultKind is the Kind SaveBootResource stores when none is given.
 const DefaultKind = "kernel-initrd"
 
+// KindBootloader marks a resource whose files are boot loaders, served by
+// every rack at the root of its TFTP and HTTP trees under their filenames.
+const KindBootloader = "bootloader"
+
 func validSHA256(s string) bool {
 	if len(s) != 64 {
 		return false
@@ -217,7 +221,8 @@ func (b *blobReader) Close() error {
 }
 
 // SaveBootResource stores br, replacing any resource with the same name and
-// arch (keeping its ID), and notifies ChannelRackConfig. Every file must name
+// arch (keeping its ID), and notifies ChannelRackConfig. Saving exactly what
+// is stored already (same kind and files) changes nothing, not even Created. Every file must name
 // a stored blob (else ErrNotFound); a zero Size is filled in from the blob,
 // a different one is ErrInvalid.
 func (s *Store) SaveBootResource(ctx context.Context, br BootResource) (BootResource, error) {
@@ -254,6 +259,9 @@ func (s *Store) SaveBootResource(ctx context.Context, br BootResource) (BootReso
 			}
 			br.Files[i].Size = size
 		}
+		if same, err := sameBootResource(ctx, tx, &br); err != nil || same {
+			return err
+		}
 		if err := tx.QueryRow(ctx, `
 			INSERT INTO boot_resources (name, arch, kind) VALUES ($1, $2, $3)
 			ON CONFLICT (name, arch) DO UPDATE SET kind = EXCLUDED.kind, created = now()
@@ -276,6 +284,43 @@ func (s *Store) SaveBootResource(ctx context.Context, br BootResource) (BootReso
 		return BootResource{}, fmt.Errorf("save boot resource %s %s: %w", br.Name, br.Arch, err)
 	}
 	return br, nil
+}
+
+// sameBootResource reports whether the stored resource named like br has
+// its kind and files; if so it fills in br's ID and Created.
+func sameBootResource(ctx context.Context, tx pgx.Tx, br *BootResource) (bool, error) {
+	var id int64
+	var kind string
+	var created time.Time
+	err := tx.QueryRow(ctx, "SELECT id, kind, created FROM boot_resources WHERE name = $1 AND arch = $2 FOR UPDATE",
+		br.Name, br.Arch).Scan(&id, &kind, &created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil || kind != br.Kind {
+		return false, err
+	}
+	rows, err := tx.Query(ctx, "SELECT filename, sha256, size FROM boot_resource_files WHERE resource_id = $1 ORDER BY filename COLLATE \"C\"", id)
+	if err != nil {
+		return false, err
+	}
+	stored, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BootFile, error) {
+		var f BootFile
+		return f, r.Scan(&f.Filename, &f.SHA256, &f.Size)
+	})
+	if err != nil {
+		return false, err
+	}
+	if len(stored) != len(br.Files) {
+		return false, nil
+	}
+	for i := range stored {
+		if stored[i] != br.Files[i] {
+			return false, nil
+		}
+	}
+	br.ID, br.Created = id, created
+	return true, nil
 }
 
 // BootResources returns the resources called name, one per arch ("" = all

@@ -313,12 +313,14 @@ func TestSubnets(t *testing.T) {
 	}
 	a := netip.MustParseAddr
 	sn, err := s.CreateSubnet(ctx, store.Subnet{
-		CIDR:          netip.MustParsePrefix("10.99.0.0/24"),
-		Gateway:       a("10.99.0.1"),
-		DNSServers:    []netip.Addr{a("10.99.0.1"), a("1.1.1.1")},
-		Domain:        "lab",
-		DynamicRanges: []store.IPRange{{a("10.99.0.200"), a("10.99.0.250")}, {a("10.99.0.100"), a("10.99.0.150")}},
-		Rack:          "rack1",
+		CIDR:                netip.MustParsePrefix("10.99.0.0/24"),
+		Gateway:             a("10.99.0.1"),
+		DNSServers:          []netip.Addr{a("10.99.0.1"), a("1.1.1.1")},
+		Domain:              "lab",
+		DynamicRanges:       []store.IPRange{{a("10.99.0.200"), a("10.99.0.250")}, {a("10.99.0.100"), a("10.99.0.150")}},
+		Rack:                "rack1",
+		DisabledBootMethods: []string{"uefi_amd64_tftp", "ipxe", "ipxe"},
+		NTPServers:          []netip.Addr{a("10.99.0.2"), a("10.99.0.1")},
 	})
 	if err != nil {
 		t.Fatalf("CreateSubnet: %v", err)
@@ -328,6 +330,7 @@ func TestSubnets(t *testing.T) {
 		DNSServers: []netip.Addr{a("10.99.0.1"), a("1.1.1.1")}, Domain: "lab", MTU: 1500,
 		DynamicRanges: []store.IPRange{{a("10.99.0.100"), a("10.99.0.150")}, {a("10.99.0.200"), a("10.99.0.250")}},
 		Rack:          "rack1", RackID: r1.ID,
+		DisabledBootMethods: []string{"uefi_amd64_tftp", "ipxe"}, NTPServers: []netip.Addr{a("10.99.0.2"), a("10.99.0.1")},
 	}
 	cmpAddr := cmp.Comparer(func(x, y netip.Addr) bool { return x == y })
 	cmpPrefix := cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })
@@ -347,7 +350,8 @@ func TestSubnets(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantV6 := store.Subnet{ID: v6.ID, CIDR: netip.MustParsePrefix("fd00:99::/64"), DNSServers: []netip.Addr{},
-		MTU: 9000, DynamicRanges: []store.IPRange{}, Rack: "rack2", RackID: r2.ID}
+		MTU: 9000, DynamicRanges: []store.IPRange{}, Rack: "rack2", RackID: r2.ID,
+		DisabledBootMethods: []string{}, NTPServers: []netip.Addr{}}
 	if diff := cmp.Diff([]store.Subnet{want, wantV6}, list, cmpAddr, cmpPrefix); diff != "" {
 		t.Errorf("ListSubnets (-want +got):\n%s", diff)
 	}
@@ -382,6 +386,7 @@ func TestSubnets(t *testing.T) {
 		{"range has gateway", store.Subnet{CIDR: netip.MustParsePrefix("10.98.0.0/24"), Gateway: a("10.98.0.15"),
 			DynamicRanges: []store.IPRange{{a("10.98.0.10"), a("10.98.0.20")}}}, store.ErrInvalid},
 		{"bad mtu", store.Subnet{CIDR: netip.MustParsePrefix("10.98.0.0/24"), MTU: 10}, store.ErrInvalid},
+		{"unknown boot method", store.Subnet{CIDR: netip.MustParsePrefix("10.98.0.0/24"), DisabledBootMethods: []string{"floppy"}}, store.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := s.CreateSubnet(ctx, tc.sn); !errors.Is(err, tc.want) {
@@ -733,6 +738,26 @@ func TestWaitForChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("SaveBootResource")
+	// Saving the same resource again is a no-op: no notification, same Created.
+	first, err := s.BootResources(ctx, "custom/x")
+	if err != nil || len(first) != 1 {
+		t.Fatalf("BootResources: %v %v", first, err)
+	}
+	again, err := s.SaveBootResource(ctx, store.BootResource{Name: "custom/x", Arch: "amd64/generic",
+		Files: []store.BootFile{{Filename: "boot-kernel", SHA256: blob}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectNone("SaveBootResource of an unchanged resource")
+	if !again.Created.Equal(first[0].Created) || again.ID != first[0].ID {
+		t.Errorf("unchanged re-save: got id %d created %v, want id %d created %v", again.ID, again.Created, first[0].ID, first[0].Created)
+	}
+	// A different kind is a change.
+	if _, err := s.SaveBootResource(ctx, store.BootResource{Name: "custom/x", Arch: "amd64/generic", Kind: store.KindBootloader,
+		Files: []store.BootFile{{Filename: "boot-kernel", SHA256: blob}}}); err != nil {
+		t.Fatal(err)
+	}
+	expect("SaveBootResource with another kind")
 	// A failed write does not notify.
 	if _, err := s.CreateSubnet(ctx, store.Subnet{CIDR: netip.MustParsePrefix("10.5.1.0/24")}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("overlapping CreateSubnet: %v", err)

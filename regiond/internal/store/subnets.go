@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 )
 
 // IPRange is an inclusive range of addresses.
@@ -26,6 +29,10 @@ type Subnet struct {
 	DynamicRanges []IPRange
 	Rack          string // primary rack name
 	RackID        string // primary rack ID
+	// DisabledBootMethods names boot methods (package bootmethod) the
+	// subnet's DHCP does not offer.
+	DisabledBootMethods []string
+	NTPServers          []netip.Addr // DHCP option 42
 }
 
 // DefaultMTU is what CreateSubnet stores when Subnet.MTU is 0.
@@ -52,6 +59,23 @@ func validateSubnet(sn *Subnet) error {
 		}
 		sn.DNSServers[i] = d.Unmap()
 	}
+	sn.NTPServers = append([]netip.Addr{}, sn.NTPServers...)
+	for i, a := range sn.NTPServers {
+		if !a.IsValid() {
+			return fmt.Errorf("NTP server %d is not an address: %w", i+1, ErrInvalid)
+		}
+		sn.NTPServers[i] = a.Unmap()
+	}
+	var methods []string
+	for _, m := range sn.DisabledBootMethods {
+		if err := bootmethod.Check(m); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrInvalid)
+		}
+		if !slices.Contains(methods, m) {
+			methods = append(methods, m)
+		}
+	}
+	sn.DisabledBootMethods = append([]string{}, methods...)
 	if sn.MTU == 0 {
 		sn.MTU = DefaultMTU
 	}
@@ -128,10 +152,11 @@ func (s *Store) CreateSubnet(ctx context.Context, sn Subnet) (Subnet, error) {
 			rack = &sn.RackID
 		}
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO subnets (cidr, gateway, dns_servers, domain, mtu, primary_rack_id)
-			VALUES ($1::cidr, $2::inet, $3::inet[], $4, $5, $6)
+			INSERT INTO subnets (cidr, gateway, dns_servers, domain, mtu, primary_rack_id, disabled_boot_methods, ntp_servers)
+			VALUES ($1::cidr, $2::inet, $3::inet[], $4, $5, $6, $7::text[], $8::inet[])
 			RETURNING id`,
-			sn.CIDR.String(), gw, addrStrings(sn.DNSServers), sn.Domain, sn.MTU, rack).Scan(&sn.ID); err != nil {
+			sn.CIDR.String(), gw, addrStrings(sn.DNSServers), sn.Domain, sn.MTU, rack,
+			sn.DisabledBootMethods, addrStrings(sn.NTPServers)).Scan(&sn.ID); err != nil {
 			switch pgCode(err) {
 			case codeExclusionViolation:
 				return fmt.Errorf("%s overlaps an existing subnet: %w", sn.CIDR, ErrConflict)
@@ -179,7 +204,9 @@ func (s *Store) subnets(ctx context.Context, where string, args ...any) ([]Subne
 			ARRAY(SELECT host(d) FROM unnest(s.dns_servers) WITH ORDINALITY AS u(d, n) ORDER BY n),
 			s.domain, s.mtu, COALESCE(r.name, ''), COALESCE(s.primary_rack_id, ''),
 			ARRAY(SELECT host(x.start_ip) || '-' || host(x.end_ip) FROM ip_ranges x
-				WHERE x.subnet_id = s.id AND x.kind = 'dynamic' ORDER BY x.start_ip)
+				WHERE x.subnet_id = s.id AND x.kind = 'dynamic' ORDER BY x.start_ip),
+			s.disabled_boot_methods,
+			ARRAY(SELECT host(d) FROM unnest(s.ntp_servers) WITH ORDINALITY AS u(d, n) ORDER BY n)
 		FROM subnets s LEFT JOIN racks r ON r.id = s.primary_rack_id
 		`+where+`
 		ORDER BY s.id`, args...)
@@ -191,8 +218,9 @@ func (s *Store) subnets(ctx context.Context, where string, args ...any) ([]Subne
 	for rows.Next() {
 		var sn Subnet
 		var cidr, gw string
-		var dns, ranges []string
-		if err := rows.Scan(&sn.ID, &cidr, &gw, &dns, &sn.Domain, &sn.MTU, &sn.Rack, &sn.RackID, &ranges); err != nil {
+		var dns, ranges, ntp []string
+		if err := rows.Scan(&sn.ID, &cidr, &gw, &dns, &sn.Domain, &sn.MTU, &sn.Rack, &sn.RackID, &ranges,
+			&sn.DisabledBootMethods, &ntp); err != nil {
 			return nil, err
 		}
 		if sn.CIDR, err = netip.ParsePrefix(cidr); err != nil {
@@ -210,6 +238,17 @@ func (s *Store) subnets(ctx context.Context, where string, args ...any) ([]Subne
 				return nil, fmt.Errorf("subnet %d DNS server: %w", sn.ID, err)
 			}
 			sn.DNSServers = append(sn.DNSServers, a)
+		}
+		sn.NTPServers = make([]netip.Addr, 0, len(ntp))
+		for _, d := range ntp {
+			a, err := netip.ParseAddr(d)
+			if err != nil {
+				return nil, fmt.Errorf("subnet %d NTP server: %w", sn.ID, err)
+			}
+			sn.NTPServers = append(sn.NTPServers, a)
+		}
+		if sn.DisabledBootMethods == nil {
+			sn.DisabledBootMethods = []string{}
 		}
 		sn.DynamicRanges = make([]IPRange, 0, len(ranges))
 		for _, r := range ranges {

@@ -67,7 +67,7 @@ func run(ctx context.Context, bin, ephemeral string, keep bool) (err error) {
 		return err
 	}
 	say("booting an unknown machine (QEMU, BIOS, TCG: about a minute)")
-	vm, m, err := site.EnlistUnknownMachine(ctx, lab.VMOptions{Firmware: lab.BIOS}, 5*time.Minute)
+	vm, m, err := site.EnlistUnknownMachine(ctx, lab.VMOptions{Firmware: lab.BIOS}, []string{"ipxe.cfg"}, 5*time.Minute)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package dhcp_test
+
+const raceEnabled = false

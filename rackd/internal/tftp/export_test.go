@@ -1,0 +1,7 @@
+package tftp
+
+// BlockSizeCap and UpMTUs are for tests.
+var (
+	BlockSizeCap = blockSizeCap
+	UpMTUs       = upMTUs
+)
