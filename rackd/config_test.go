@@ -22,6 +22,13 @@ func TestConfigFiles(t *testing.T) {
 				TFTPMaxBlksize: 1468,
 			},
 		},
+		{
+			file: "../deploy/rackd.yaml",
+			want: &Config{
+				StateDir: "/var/lib/ferrite/rack", Interfaces: []string{"eth0"}, HTTPListen: ":5248",
+				TFTPListen: ":69", DHCPPort: 67, TFTPMaxBlksize: 8192,
+			},
+		},
 		{file: "testdata/bad-unknown-key.yaml", loadErr: "field tftp_port not found"},
 		{file: "testdata/bad-values.yaml", validErrs: []string{
 			"state_dir (--state-dir) is required",
