@@ -1745,6 +1745,282 @@ func (*ReportLeasesResponse) Descriptor() ([]byte, []int) {
 	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{25}
 }
 
+type WatchPowerCommandsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchPowerCommandsRequest) Reset() {
+	*x = WatchPowerCommandsRequest{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchPowerCommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchPowerCommandsRequest) ProtoMessage() {}
+
+func (x *WatchPowerCommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchPowerCommandsRequest.ProtoReflect.Descriptor instead.
+func (*WatchPowerCommandsRequest) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{26}
+}
+
+type WatchPowerCommandsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Command       *PowerCommand          `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchPowerCommandsResponse) Reset() {
+	*x = WatchPowerCommandsResponse{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchPowerCommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchPowerCommandsResponse) ProtoMessage() {}
+
+func (x *WatchPowerCommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchPowerCommandsResponse.ProtoReflect.Descriptor instead.
+func (*WatchPowerCommandsResponse) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WatchPowerCommandsResponse) GetCommand() *PowerCommand {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+type PowerCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Id               int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	SystemId         string                 `protobuf:"bytes,2,opt,name=system_id,json=systemId,proto3" json:"system_id,omitempty"`
+	Action           string                 `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`                                                                                   // on, off, cycle, query, set_boot_pxe
+	PowerType        string                 `protobuf:"bytes,4,opt,name=power_type,json=powerType,proto3" json:"power_type,omitempty"`                                                            // manual, webhook, ipmi, redfish
+	Parameters       map[string]string      `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // driver parameters, e.g. power_address, power_user, power_pass
+	DeadlineUnixNano int64                  `protobuf:"varint,6,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`                                    // give up (and report a failure) after this
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PowerCommand) Reset() {
+	*x = PowerCommand{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PowerCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PowerCommand) ProtoMessage() {}
+
+func (x *PowerCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PowerCommand.ProtoReflect.Descriptor instead.
+func (*PowerCommand) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PowerCommand) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PowerCommand) GetSystemId() string {
+	if x != nil {
+		return x.SystemId
+	}
+	return ""
+}
+
+func (x *PowerCommand) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PowerCommand) GetPowerType() string {
+	if x != nil {
+		return x.PowerType
+	}
+	return ""
+}
+
+func (x *PowerCommand) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *PowerCommand) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+type ReportPowerResultRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ok            bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // on, off, unknown: what the BMC says after the action
+	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"` // why it failed, for the operator
+	DurationNano  int64                  `protobuf:"varint,5,opt,name=duration_nano,json=durationNano,proto3" json:"duration_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPowerResultRequest) Reset() {
+	*x = ReportPowerResultRequest{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPowerResultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPowerResultRequest) ProtoMessage() {}
+
+func (x *ReportPowerResultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPowerResultRequest.ProtoReflect.Descriptor instead.
+func (*ReportPowerResultRequest) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReportPowerResultRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ReportPowerResultRequest) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *ReportPowerResultRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReportPowerResultRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ReportPowerResultRequest) GetDurationNano() int64 {
+	if x != nil {
+		return x.DurationNano
+	}
+	return 0
+}
+
+type ReportPowerResultResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPowerResultResponse) Reset() {
+	*x = ReportPowerResultResponse{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPowerResultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPowerResultResponse) ProtoMessage() {}
+
+func (x *ReportPowerResultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPowerResultResponse.ProtoReflect.Descriptor instead.
+func (*ReportPowerResultResponse) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{30}
+}
+
 var File_ferrite_rack_v1_rack_proto protoreflect.FileDescriptor
 
 const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
@@ -1879,9 +2155,32 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x14\n" +
 	"\x05state\x18\x05 \x01(\tR\x05state\x12*\n" +
 	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\"\x16\n" +
-	"\x14ReportLeasesResponse2j\n" +
+	"\x14ReportLeasesResponse\"\x1b\n" +
+	"\x19WatchPowerCommandsRequest\"U\n" +
+	"\x1aWatchPowerCommandsResponse\x127\n" +
+	"\acommand\x18\x01 \x01(\v2\x1d.ferrite.rack.v1.PowerCommandR\acommand\"\xae\x02\n" +
+	"\fPowerCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1b\n" +
+	"\tsystem_id\x18\x02 \x01(\tR\bsystemId\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12\x1d\n" +
+	"\n" +
+	"power_type\x18\x04 \x01(\tR\tpowerType\x12M\n" +
+	"\n" +
+	"parameters\x18\x05 \x03(\v2-.ferrite.rack.v1.PowerCommand.ParametersEntryR\n" +
+	"parameters\x12,\n" +
+	"\x12deadline_unix_nano\x18\x06 \x01(\x03R\x10deadlineUnixNano\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x18ReportPowerResultRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12#\n" +
+	"\rduration_nano\x18\x05 \x01(\x03R\fdurationNano\"\x1b\n" +
+	"\x19ReportPowerResultResponse2j\n" +
 	"\x13RegistrationService\x12S\n" +
-	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\x9b\x04\n" +
+	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\xf8\x05\n" +
 	"\vRackService\x12F\n" +
 	"\x05Hello\x12\x1d.ferrite.rack.v1.HelloRequest\x1a\x1e.ferrite.rack.v1.HelloResponse\x12Z\n" +
 	"\vWatchConfig\x12#.ferrite.rack.v1.WatchConfigRequest\x1a$.ferrite.rack.v1.WatchConfigResponse0\x01\x12^\n" +
@@ -1889,7 +2188,9 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\tFetchFile\x12!.ferrite.rack.v1.FetchFileRequest\x1a\".ferrite.rack.v1.FetchFileResponse0\x01\x12U\n" +
 	"\n" +
 	"SendEvents\x12\".ferrite.rack.v1.SendEventsRequest\x1a#.ferrite.rack.v1.SendEventsResponse\x12[\n" +
-	"\fReportLeases\x12$.ferrite.rack.v1.ReportLeasesRequest\x1a%.ferrite.rack.v1.ReportLeasesResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
+	"\fReportLeases\x12$.ferrite.rack.v1.ReportLeasesRequest\x1a%.ferrite.rack.v1.ReportLeasesResponse\x12o\n" +
+	"\x12WatchPowerCommands\x12*.ferrite.rack.v1.WatchPowerCommandsRequest\x1a+.ferrite.rack.v1.WatchPowerCommandsResponse0\x01\x12j\n" +
+	"\x11ReportPowerResult\x12).ferrite.rack.v1.ReportPowerResultRequest\x1a*.ferrite.rack.v1.ReportPowerResultResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
 
 var (
 	file_ferrite_rack_v1_rack_proto_rawDescOnce sync.Once
@@ -1903,34 +2204,40 @@ func file_ferrite_rack_v1_rack_proto_rawDescGZIP() []byte {
 	return file_ferrite_rack_v1_rack_proto_rawDescData
 }
 
-var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_ferrite_rack_v1_rack_proto_goTypes = []any{
-	(*RegisterRequest)(nil),       // 0: ferrite.rack.v1.RegisterRequest
-	(*RegisterHello)(nil),         // 1: ferrite.rack.v1.RegisterHello
-	(*RegisterProof)(nil),         // 2: ferrite.rack.v1.RegisterProof
-	(*RegisterResponse)(nil),      // 3: ferrite.rack.v1.RegisterResponse
-	(*RegisterChallenge)(nil),     // 4: ferrite.rack.v1.RegisterChallenge
-	(*RegisterResult)(nil),        // 5: ferrite.rack.v1.RegisterResult
-	(*RackInterface)(nil),         // 6: ferrite.rack.v1.RackInterface
-	(*HelloRequest)(nil),          // 7: ferrite.rack.v1.HelloRequest
-	(*HelloResponse)(nil),         // 8: ferrite.rack.v1.HelloResponse
-	(*WatchConfigRequest)(nil),    // 9: ferrite.rack.v1.WatchConfigRequest
-	(*WatchConfigResponse)(nil),   // 10: ferrite.rack.v1.WatchConfigResponse
-	(*RackConfig)(nil),            // 11: ferrite.rack.v1.RackConfig
-	(*Subnet)(nil),                // 12: ferrite.rack.v1.Subnet
-	(*IPRange)(nil),               // 13: ferrite.rack.v1.IPRange
-	(*Reservation)(nil),           // 14: ferrite.rack.v1.Reservation
-	(*BootFile)(nil),              // 15: ferrite.rack.v1.BootFile
-	(*GetBootConfigRequest)(nil),  // 16: ferrite.rack.v1.GetBootConfigRequest
-	(*GetBootConfigResponse)(nil), // 17: ferrite.rack.v1.GetBootConfigResponse
-	(*FetchFileRequest)(nil),      // 18: ferrite.rack.v1.FetchFileRequest
-	(*FetchFileResponse)(nil),     // 19: ferrite.rack.v1.FetchFileResponse
-	(*SendEventsRequest)(nil),     // 20: ferrite.rack.v1.SendEventsRequest
-	(*Event)(nil),                 // 21: ferrite.rack.v1.Event
-	(*SendEventsResponse)(nil),    // 22: ferrite.rack.v1.SendEventsResponse
-	(*ReportLeasesRequest)(nil),   // 23: ferrite.rack.v1.ReportLeasesRequest
-	(*Lease)(nil),                 // 24: ferrite.rack.v1.Lease
-	(*ReportLeasesResponse)(nil),  // 25: ferrite.rack.v1.ReportLeasesResponse
+	(*RegisterRequest)(nil),            // 0: ferrite.rack.v1.RegisterRequest
+	(*RegisterHello)(nil),              // 1: ferrite.rack.v1.RegisterHello
+	(*RegisterProof)(nil),              // 2: ferrite.rack.v1.RegisterProof
+	(*RegisterResponse)(nil),           // 3: ferrite.rack.v1.RegisterResponse
+	(*RegisterChallenge)(nil),          // 4: ferrite.rack.v1.RegisterChallenge
+	(*RegisterResult)(nil),             // 5: ferrite.rack.v1.RegisterResult
+	(*RackInterface)(nil),              // 6: ferrite.rack.v1.RackInterface
+	(*HelloRequest)(nil),               // 7: ferrite.rack.v1.HelloRequest
+	(*HelloResponse)(nil),              // 8: ferrite.rack.v1.HelloResponse
+	(*WatchConfigRequest)(nil),         // 9: ferrite.rack.v1.WatchConfigRequest
+	(*WatchConfigResponse)(nil),        // 10: ferrite.rack.v1.WatchConfigResponse
+	(*RackConfig)(nil),                 // 11: ferrite.rack.v1.RackConfig
+	(*Subnet)(nil),                     // 12: ferrite.rack.v1.Subnet
+	(*IPRange)(nil),                    // 13: ferrite.rack.v1.IPRange
+	(*Reservation)(nil),                // 14: ferrite.rack.v1.Reservation
+	(*BootFile)(nil),                   // 15: ferrite.rack.v1.BootFile
+	(*GetBootConfigRequest)(nil),       // 16: ferrite.rack.v1.GetBootConfigRequest
+	(*GetBootConfigResponse)(nil),      // 17: ferrite.rack.v1.GetBootConfigResponse
+	(*FetchFileRequest)(nil),           // 18: ferrite.rack.v1.FetchFileRequest
+	(*FetchFileResponse)(nil),          // 19: ferrite.rack.v1.FetchFileResponse
+	(*SendEventsRequest)(nil),          // 20: ferrite.rack.v1.SendEventsRequest
+	(*Event)(nil),                      // 21: ferrite.rack.v1.Event
+	(*SendEventsResponse)(nil),         // 22: ferrite.rack.v1.SendEventsResponse
+	(*ReportLeasesRequest)(nil),        // 23: ferrite.rack.v1.ReportLeasesRequest
+	(*Lease)(nil),                      // 24: ferrite.rack.v1.Lease
+	(*ReportLeasesResponse)(nil),       // 25: ferrite.rack.v1.ReportLeasesResponse
+	(*WatchPowerCommandsRequest)(nil),  // 26: ferrite.rack.v1.WatchPowerCommandsRequest
+	(*WatchPowerCommandsResponse)(nil), // 27: ferrite.rack.v1.WatchPowerCommandsResponse
+	(*PowerCommand)(nil),               // 28: ferrite.rack.v1.PowerCommand
+	(*ReportPowerResultRequest)(nil),   // 29: ferrite.rack.v1.ReportPowerResultRequest
+	(*ReportPowerResultResponse)(nil),  // 30: ferrite.rack.v1.ReportPowerResultResponse
+	nil,                                // 31: ferrite.rack.v1.PowerCommand.ParametersEntry
 }
 var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	1,  // 0: ferrite.rack.v1.RegisterRequest.hello:type_name -> ferrite.rack.v1.RegisterHello
@@ -1950,25 +2257,31 @@ var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	15, // 14: ferrite.rack.v1.GetBootConfigResponse.root:type_name -> ferrite.rack.v1.BootFile
 	21, // 15: ferrite.rack.v1.SendEventsRequest.events:type_name -> ferrite.rack.v1.Event
 	24, // 16: ferrite.rack.v1.ReportLeasesRequest.leases:type_name -> ferrite.rack.v1.Lease
-	0,  // 17: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
-	7,  // 18: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
-	9,  // 19: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
-	16, // 20: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
-	18, // 21: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
-	20, // 22: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
-	23, // 23: ferrite.rack.v1.RackService.ReportLeases:input_type -> ferrite.rack.v1.ReportLeasesRequest
-	3,  // 24: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
-	8,  // 25: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
-	10, // 26: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
-	17, // 27: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
-	19, // 28: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
-	22, // 29: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
-	25, // 30: ferrite.rack.v1.RackService.ReportLeases:output_type -> ferrite.rack.v1.ReportLeasesResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	28, // 17: ferrite.rack.v1.WatchPowerCommandsResponse.command:type_name -> ferrite.rack.v1.PowerCommand
+	31, // 18: ferrite.rack.v1.PowerCommand.parameters:type_name -> ferrite.rack.v1.PowerCommand.ParametersEntry
+	0,  // 19: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
+	7,  // 20: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
+	9,  // 21: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
+	16, // 22: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
+	18, // 23: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
+	20, // 24: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
+	23, // 25: ferrite.rack.v1.RackService.ReportLeases:input_type -> ferrite.rack.v1.ReportLeasesRequest
+	26, // 26: ferrite.rack.v1.RackService.WatchPowerCommands:input_type -> ferrite.rack.v1.WatchPowerCommandsRequest
+	29, // 27: ferrite.rack.v1.RackService.ReportPowerResult:input_type -> ferrite.rack.v1.ReportPowerResultRequest
+	3,  // 28: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
+	8,  // 29: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
+	10, // 30: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
+	17, // 31: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
+	19, // 32: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
+	22, // 33: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
+	25, // 34: ferrite.rack.v1.RackService.ReportLeases:output_type -> ferrite.rack.v1.ReportLeasesResponse
+	27, // 35: ferrite.rack.v1.RackService.WatchPowerCommands:output_type -> ferrite.rack.v1.WatchPowerCommandsResponse
+	30, // 36: ferrite.rack.v1.RackService.ReportPowerResult:output_type -> ferrite.rack.v1.ReportPowerResultResponse
+	28, // [28:37] is the sub-list for method output_type
+	19, // [19:28] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferrite_rack_v1_rack_proto_init() }
@@ -1990,7 +2303,7 @@ func file_ferrite_rack_v1_rack_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferrite_rack_v1_rack_proto_rawDesc), len(file_ferrite_rack_v1_rack_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -154,12 +154,14 @@ var RegistrationService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	RackService_Hello_FullMethodName         = "/ferrite.rack.v1.RackService/Hello"
-	RackService_WatchConfig_FullMethodName   = "/ferrite.rack.v1.RackService/WatchConfig"
-	RackService_GetBootConfig_FullMethodName = "/ferrite.rack.v1.RackService/GetBootConfig"
-	RackService_FetchFile_FullMethodName     = "/ferrite.rack.v1.RackService/FetchFile"
-	RackService_SendEvents_FullMethodName    = "/ferrite.rack.v1.RackService/SendEvents"
-	RackService_ReportLeases_FullMethodName  = "/ferrite.rack.v1.RackService/ReportLeases"
+	RackService_Hello_FullMethodName              = "/ferrite.rack.v1.RackService/Hello"
+	RackService_WatchConfig_FullMethodName        = "/ferrite.rack.v1.RackService/WatchConfig"
+	RackService_GetBootConfig_FullMethodName      = "/ferrite.rack.v1.RackService/GetBootConfig"
+	RackService_FetchFile_FullMethodName          = "/ferrite.rack.v1.RackService/FetchFile"
+	RackService_SendEvents_FullMethodName         = "/ferrite.rack.v1.RackService/SendEvents"
+	RackService_ReportLeases_FullMethodName       = "/ferrite.rack.v1.RackService/ReportLeases"
+	RackService_WatchPowerCommands_FullMethodName = "/ferrite.rack.v1.RackService/WatchPowerCommands"
+	RackService_ReportPowerResult_FullMethodName  = "/ferrite.rack.v1.RackService/ReportPowerResult"
 )
 
 // RackServiceClient is the client API for RackService service.
@@ -185,6 +187,12 @@ type RackServiceClient interface {
 	// ReportLeases sends the DHCP lease changes since the last report, in
 	// batches; the region keeps the latest state per (rack, ip).
 	ReportLeases(ctx context.Context, in *ReportLeasesRequest, opts ...grpc.CallOption) (*ReportLeasesResponse, error)
+	// WatchPowerCommands streams the power commands the region wants this
+	// rack to run against machines' BMCs (the rack that can reach the BMC).
+	// A command not reported within its deadline is failed by the region.
+	WatchPowerCommands(ctx context.Context, in *WatchPowerCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPowerCommandsResponse], error)
+	// ReportPowerResult answers one command.
+	ReportPowerResult(ctx context.Context, in *ReportPowerResultRequest, opts ...grpc.CallOption) (*ReportPowerResultResponse, error)
 }
 
 type rackServiceClient struct {
@@ -273,6 +281,35 @@ func (c *rackServiceClient) ReportLeases(ctx context.Context, in *ReportLeasesRe
 	return out, nil
 }
 
+func (c *rackServiceClient) WatchPowerCommands(ctx context.Context, in *WatchPowerCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPowerCommandsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RackService_ServiceDesc.Streams[2], RackService_WatchPowerCommands_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchPowerCommandsRequest, WatchPowerCommandsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RackService_WatchPowerCommandsClient = grpc.ServerStreamingClient[WatchPowerCommandsResponse]
+
+func (c *rackServiceClient) ReportPowerResult(ctx context.Context, in *ReportPowerResultRequest, opts ...grpc.CallOption) (*ReportPowerResultResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportPowerResultResponse)
+	err := c.cc.Invoke(ctx, RackService_ReportPowerResult_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RackServiceServer is the server API for RackService service.
 // All implementations must embed UnimplementedRackServiceServer
 // for forward compatibility.
@@ -296,6 +333,12 @@ type RackServiceServer interface {
 	// ReportLeases sends the DHCP lease changes since the last report, in
 	// batches; the region keeps the latest state per (rack, ip).
 	ReportLeases(context.Context, *ReportLeasesRequest) (*ReportLeasesResponse, error)
+	// WatchPowerCommands streams the power commands the region wants this
+	// rack to run against machines' BMCs (the rack that can reach the BMC).
+	// A command not reported within its deadline is failed by the region.
+	WatchPowerCommands(*WatchPowerCommandsRequest, grpc.ServerStreamingServer[WatchPowerCommandsResponse]) error
+	// ReportPowerResult answers one command.
+	ReportPowerResult(context.Context, *ReportPowerResultRequest) (*ReportPowerResultResponse, error)
 	mustEmbedUnimplementedRackServiceServer()
 }
 
@@ -323,6 +366,12 @@ func (UnimplementedRackServiceServer) SendEvents(context.Context, *SendEventsReq
 }
 func (UnimplementedRackServiceServer) ReportLeases(context.Context, *ReportLeasesRequest) (*ReportLeasesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportLeases not implemented")
+}
+func (UnimplementedRackServiceServer) WatchPowerCommands(*WatchPowerCommandsRequest, grpc.ServerStreamingServer[WatchPowerCommandsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchPowerCommands not implemented")
+}
+func (UnimplementedRackServiceServer) ReportPowerResult(context.Context, *ReportPowerResultRequest) (*ReportPowerResultResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportPowerResult not implemented")
 }
 func (UnimplementedRackServiceServer) mustEmbedUnimplementedRackServiceServer() {}
 func (UnimplementedRackServiceServer) testEmbeddedByValue()                     {}
@@ -439,6 +488,35 @@ func _RackService_ReportLeases_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RackService_WatchPowerCommands_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchPowerCommandsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RackServiceServer).WatchPowerCommands(m, &grpc.GenericServerStream[WatchPowerCommandsRequest, WatchPowerCommandsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RackService_WatchPowerCommandsServer = grpc.ServerStreamingServer[WatchPowerCommandsResponse]
+
+func _RackService_ReportPowerResult_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPowerResultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RackServiceServer).ReportPowerResult(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RackService_ReportPowerResult_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RackServiceServer).ReportPowerResult(ctx, req.(*ReportPowerResultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RackService_ServiceDesc is the grpc.ServiceDesc for RackService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -462,6 +540,10 @@ var RackService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReportLeases",
 			Handler:    _RackService_ReportLeases_Handler,
 		},
+		{
+			MethodName: "ReportPowerResult",
+			Handler:    _RackService_ReportPowerResult_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -472,6 +554,11 @@ var RackService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "FetchFile",
 			Handler:       _RackService_FetchFile_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchPowerCommands",
+			Handler:       _RackService_WatchPowerCommands_Handler,
 			ServerStreams: true,
 		},
 	},
