@@ -28,7 +28,7 @@ type Config struct {
 	HTTPListen string   `yaml:"http_listen"` // --http-listen, default :5248
 	TFTPListen string   `yaml:"tftp_listen"` // --tftp-listen, default :69
 	DHCPPort   int      `yaml:"dhcp_port"`   // --dhcp-port, default 67 (tests use another)
-	// tftp_max_blksize caps the TFTP block size a client may negotiate
+	// tftp_max_blksize (--tftp-max-blksize) caps the TFTP block size a client may negotiate
 	// (like MAAS's key of the same name); the interface MTU lowers it
 	// further (1468 on an MTU-1500 link). 513..65464, default 8192.
 	TFTPMaxBlksize int `yaml:"tftp_max_blksize"`
@@ -83,7 +83,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dhcp_port (--dhcp-port) %d: want 1..65534", c.DHCPPort))
 	}
 	if c.TFTPMaxBlksize < tftp.MinMaxBlockSize || c.TFTPMaxBlksize > tftp.MaxMaxBlockSize {
-		errs = append(errs, fmt.Errorf("tftp_max_blksize %d: want %d..%d", c.TFTPMaxBlksize, tftp.MinMaxBlockSize, tftp.MaxMaxBlockSize))
+		errs = append(errs, fmt.Errorf("tftp_max_blksize (--tftp-max-blksize) %d: want %d..%d", c.TFTPMaxBlksize, tftp.MinMaxBlockSize, tftp.MaxMaxBlockSize))
 	}
 	seen := map[string]bool{}
 	for _, ifc := range c.Interfaces {

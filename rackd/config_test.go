@@ -37,7 +37,7 @@ func TestConfigFiles(t *testing.T) {
 			"dhcp_port (--dhcp-port) 0",
 			`"eth1" listed twice`,
 			"interfaces (--interface): empty name",
-			"tftp_max_blksize 512: want 513..65464",
+			"tftp_max_blksize (--tftp-max-blksize) 512: want 513..65464",
 		}},
 	}
 	for _, tc := range tests {

@@ -250,7 +250,7 @@ func TestRegisterAndRun(t *testing.T) {
 	wantBootConfigs := []string{
 		"127.0.0.1 no answer (unknown machine) path pxelinux.cfg/01-52-54-00-12-34-56",
 		"127.0.0.1 purpose enlist arch amd64 path pxelinux.cfg/default",
-		"127.0.0.1 purpose poweroff arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56",
+		"127.0.0.1 purpose commissioning arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56", // a New machine commissions
 	}
 	if diff := cmp.Diff(wantBootConfigs, bootConfigs); diff != "" {
 		t.Errorf("BOOT_CONFIG events (-want +got):\n%s", diff)

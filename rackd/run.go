@@ -21,12 +21,14 @@ import (
 	"github.com/ferrite-metal/ferrite/rackd/internal/firewall"
 	"github.com/ferrite-metal/ferrite/rackd/internal/httpboot"
 	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
+	"github.com/ferrite-metal/ferrite/rackd/internal/power"
 	"github.com/ferrite-metal/ferrite/rackd/internal/regionclient"
 	"github.com/ferrite-metal/ferrite/rackd/internal/tftp"
 )
 
 // Run serves until ctx ends: the region client (Hello, WatchConfig,
-// events), cache sync, TFTP, HTTP and, when interfaces are configured, DHCP.
+// events), cache sync, TFTP, HTTP, the power commands the region sends
+// and, when interfaces are configured, DHCP.
 // With cfg.ManageFirewall it opens the ports it serves in an iptables chain
 // before serving and removes the chain when it stops, on an error too.
 // It returns nil after a clean shutdown.
@@ -148,8 +150,20 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 	log.Info("rackd serving", zap.Stringer("tftp", tftpConn.LocalAddr()), zap.Stringer("http", httpLn.Addr()),
 		zap.Strings("dhcp_interfaces", cfg.Interfaces), zap.Strings("endpoints", id.State.GRPCEndpoints))
 
+	powerLog := log.With(zap.String("component", "power"))
+	powerExec := power.NewExecutor(power.DefaultDrivers(), func(ctx context.Context, r power.Result) {
+		if err := client.ReportPowerResult(ctx, r.Proto()); err != nil {
+			powerLog.Warn("could not report a power result; the region fails it at its deadline",
+				zap.Int64("id", r.ID), zap.String("system_id", r.SystemID), zap.Error(err))
+		}
+	}, power.ExecutorOptions{Events: client, Log: powerLog})
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return client.Run(gctx, a.apply) })
+	g.Go(func() error { return powerExec.Run(gctx) })
+	g.Go(func() error {
+		return client.RunPowerCommands(gctx, func(pc *rackv1.PowerCommand) { powerExec.Submit(power.FromProto(pc)) })
+	})
 	g.Go(func() error { return a.syncLoop(gctx, fc) })
 	g.Go(func() error { return tftpSrv.Serve(gctx, tftpConn) })
 	g.Go(func() error { return httpSrv.Serve(gctx, httpLn) })

@@ -393,7 +393,8 @@ func TestRegionEndToEnd(t *testing.T) {
 		t.Errorf("%d machines, want 1", len(machines))
 	}
 	bc, err = client.GetBootConfig(ctx, &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", Mac: "52-54-00-12-34-56", Path: "pxelinux.cfg/01-52-54-00-12-34-56"})
-	if err != nil || bc.GetPurpose() != "poweroff" || bc.GetSystemId() != m1.SystemID {
+	// A New machine boots the commissioning environment (MAAS).
+	if err != nil || bc.GetPurpose() != "commissioning" || bc.GetSystemId() != m1.SystemID {
 		t.Errorf("known machine boot config: %v %v", bc, err)
 	}
 	_, err = client.GetBootConfig(ctx, &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", Mac: "52:54:00:ff:ff:ff", Path: "pxelinux.cfg/01-52-54-00-ff-ff-ff"})

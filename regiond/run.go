@@ -113,6 +113,8 @@ func Serve(ctx context.Context, cfg Config, log *zap.Logger, httpLn, grpcLn net.
 		return nil
 	})
 	g.Go(func() error { return rpcSrv.Run(gctx) })
+	g.Go(func() error { return powerLoop(gctx, st, log) })
+	g.Go(func() error { return timeoutLoop(gctx, st, log.With(zap.String("component", "lifecycle"))) })
 	g.Go(func() error {
 		heartbeat(gctx, st, cfg.Name, grpcAddr, log)
 		return nil
@@ -163,6 +165,47 @@ func Serve(ctx context.Context, cfg Config, log *zap.Logger, httpLn, grpcLn net.
 	}
 	log.Info("region stopped")
 	return nil
+}
+
+// timeoutSweepInterval is how often machines past their status_expires are
+// moved to their Failed state.
+const timeoutSweepInterval = 10 * time.Second
+
+// timeoutLoop is the lifecycle timeouts sweep, run by one region at a time
+// (store.Singleton "timeouts"): every timeoutSweepInterval, machines that
+// stayed too long in a monitored state (node_timeout, default 30m) fail
+// with "timed out after 30m in Commissioning". It returns nil when ctx ends.
+func timeoutLoop(ctx context.Context, st *store.Store, log *zap.Logger) error {
+	for {
+		err := st.Singleton(ctx, "timeouts", func(ctx context.Context) error {
+			t := time.NewTicker(timeoutSweepInterval)
+			defer t.Stop()
+			for {
+				expired, err := st.ExpireMachines(ctx)
+				if err != nil && ctx.Err() == nil {
+					log.Warn("expire machines", zap.Error(err))
+				}
+				for _, e := range expired {
+					log.Info("machine timed out", zap.String("system_id", e.SystemID), zap.String("from", e.From),
+						zap.String("to", e.To), zap.String("reason", e.Reason))
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("timeout sweep stopped; retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(timeoutSweepInterval):
+		}
+	}
 }
 
 // heartbeat records this region and its gRPC endpoints every

@@ -15,7 +15,7 @@ const (
 	IPXE          = "ipxe"            // user class "iPXE" or option 175: http://RACK:5248/ipxe.cfg
 	PXE           = "pxe"             // arch 0 (BIOS) or no arch: lpxelinux.0 + option 210
 	UEFIAMD64TFTP = "uefi_amd64_tftp" // arch 7 and 9: bootx64.efi
-	UEFIAMD64HTTP = "uefi_amd64_http" // arch 16: http://RACK:5248/bootx64.efi, vendor class HTTPClient
+	UEFIAMD64HTTP = "uefi_amd64_http" // arch 16: http://RACK:5248/snponly.efi (iPXE, unsigned), vendor class HTTPClient
 	UEFIARM64TFTP = "uefi_arm64_tftp" // arch 11: bootaa64.efi
 	UEFIARM64HTTP = "uefi_arm64_http" // arch 19: http://RACK:5248/bootaa64.efi, vendor class HTTPClient
 )

@@ -135,7 +135,10 @@ func grubLocal(arch string) ([]string, error) {
 // IPXE renders an iPXE script. Ephemeral purposes load the kernel as image
 // "kernel" and pass BOOTIF=01-${netX/mac:hexhyp}: the MAC of the interface
 // iPXE booted from, hyphenated like PXELINUX's (MAAS's bare ${mac} gives
-// colons, and the MAC of whichever interface iPXE finds first). Purpose
+// colons, and the MAC of whichever interface iPXE finds first). They also
+// pass initrd=initrd first: under UEFI the kernel's EFI stub loads the initrd
+// named there from iPXE's file system (iPXE before 1.21.1, Debian 12's
+// included, offers it no other way); BIOS kernels ignore it. Purpose
 // local tries the BIOS drives 0x80..0x83, then exits so the firmware tries
 // its next boot device.
 func IPXE(c Config) ([]byte, error) {
@@ -157,7 +160,7 @@ func IPXE(c Config) ([]byte, error) {
 		"#!ipxe",
 		"echo "+banner,
 		"kernel --name kernel "+c.imageURL(c.KernelPath),
-		"imgargs kernel "+c.commandLine(false)+" BOOTIF=01-${netX/mac:hexhyp}",
+		"imgargs kernel initrd=initrd "+c.commandLine(false)+" BOOTIF=01-${netX/mac:hexhyp}",
 		"initrd --name initrd "+c.imageURL(c.InitrdPath),
 		"boot kernel",
 	), nil

@@ -35,6 +35,7 @@ var bootPaths = []struct {
 	{"UEFI via shim and GRUB", VMOptions{Firmware: UEFI}, nil, []string{"bootx64.efi", "grubx64.efi"}, ""},
 	{"UEFI Secure Boot via signed shim and GRUB", VMOptions{Firmware: UEFISecureBoot}, nil,
 		[]string{"bootx64.efi", "grubx64.efi"}, "Secure boot enabled"},
+	{"UEFI HTTP boot", VMOptions{Firmware: UEFI}, []string{"uefi_amd64_tftp"}, []string{"snponly.efi", "ipxe.cfg"}, ""},
 }
 
 // TestEnlistUnknownMachine boots Ferrite end to end: regiond on its embedded

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 )
@@ -89,6 +90,36 @@ func (c *Client) Machine(ctx context.Context, systemID string) (Machine, error) 
 	var out Machine
 	if err := c.doJSON(ctx, http.MethodGet, nil, nil, &out, "machines", systemID); err != nil {
 		return Machine{}, fmt.Errorf("get machine %s: %w", systemID, err)
+	}
+	return out, nil
+}
+
+// SetInterfaceIP gives the interface with this MAC of machine systemID a
+// fixed address that every rack serving its subnet hands out by DHCP, or
+// clears it when ip is the zero Addr (PUT
+// /api/v1/machines/{id}/interfaces/{mac}). It returns the machine. The
+// region refuses (*Error) an address outside every subnet, inside a dynamic
+// range or equal to a gateway with 400, one already taken with 409, and an
+// unknown machine or MAC with 404.
+func (c *Client) SetInterfaceIP(ctx context.Context, systemID, mac string, ip netip.Addr) (Machine, error) {
+	if err := checkSegment("system ID", systemID); err != nil {
+		return Machine{}, err
+	}
+	if err := checkSegment("MAC", mac); err != nil {
+		return Machine{}, err
+	}
+	body := struct {
+		IP string `json:"ip"`
+	}{}
+	if ip.IsValid() {
+		body.IP = ip.String()
+	}
+	var out Machine
+	if err := c.doJSON(ctx, http.MethodPut, nil, body, &out, "machines", systemID, "interfaces", mac); err != nil {
+		if ip.IsValid() {
+			return Machine{}, fmt.Errorf("set address of %s on machine %s: %w", mac, systemID, err)
+		}
+		return Machine{}, fmt.Errorf("clear address of %s on machine %s: %w", mac, systemID, err)
 	}
 	return out, nil
 }

@@ -98,15 +98,26 @@ type ConfigItem struct {
 
 // Machine is an enlisted machine.
 type Machine struct {
-	SystemID     string    `json:"system_id"`
-	Hostname     string    `json:"hostname"`
-	Status       string    `json:"status"`       // "New", ...
-	Architecture string    `json:"architecture"` // e.g. "amd64/generic"
-	MACAddresses []string  `json:"mac_addresses"`
-	CPUCount     int       `json:"cpu_count"`
-	MemoryMB     int64     `json:"memory_mb"`
-	HardwareUUID string    `json:"hardware_uuid"`
-	Created      time.Time `json:"created"`
+	SystemID     string   `json:"system_id"`
+	Hostname     string   `json:"hostname"`
+	Status       string   `json:"status"`       // "New", ...
+	Architecture string   `json:"architecture"` // e.g. "amd64/generic"
+	MACAddresses []string `json:"mac_addresses"`
+	// Interfaces are the MACs of MACAddresses, in the same order, with their
+	// fixed addresses. Regions older than this field send none.
+	Interfaces       []MachineInterface `json:"interfaces"`
+	CPUCount         int                `json:"cpu_count"`
+	MemoryMB         int64              `json:"memory_mb"`
+	HardwareUUID     string             `json:"hardware_uuid"`
+	Created          time.Time          `json:"created"`
+	MachinePower                        // power.go
+	MachineLifecycle                    // lifecycle.go
+}
+
+// MachineInterface is one network interface of a machine.
+type MachineInterface struct {
+	MAC string     `json:"mac"` // lowercase colon form
+	IP  netip.Addr `json:"ip"`  // fixed address DHCP hands out; zero = dynamic
 }
 
 // Event is one entry of the region's event log.

@@ -2,7 +2,7 @@
 //
 //	rackd register --url http://REGION:5240 --secret HEX --state-dir DIR [--name NAME]
 //	rackd run --state-dir DIR [--interface IFACE]... [--http-listen :5248] [--tftp-listen :69]
-//	          [--dhcp-port 67] [--config FILE] [--manage-firewall]
+//	          [--dhcp-port 67] [--tftp-max-blksize 8192] [--config FILE] [--manage-firewall]
 package main
 
 import (
@@ -24,7 +24,7 @@ import (
 const usage = `usage:
   rackd register --url URL --secret HEX --state-dir DIR [--name NAME]
   rackd run --state-dir DIR [--interface IFACE]... [--http-listen :5248] [--tftp-listen :69]
-            [--dhcp-port 67] [--config FILE] [--manage-firewall]
+            [--dhcp-port 67] [--tftp-max-blksize 8192] [--config FILE] [--manage-firewall]
 Run "rackd COMMAND -h" for a command's flags.
 `
 
@@ -95,13 +95,15 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	def := rackd.DefaultConfig()
-	configFile := fs.String("config", "", "YAML config file (keys: state_dir, interfaces, http_listen, tftp_listen, dhcp_port, manage_firewall); flags override it")
+	configFile := fs.String("config", "", "YAML config file (keys: state_dir, interfaces, http_listen, tftp_listen, dhcp_port, tftp_max_blksize, manage_firewall); flags override it")
 	stateDir := fs.String("state-dir", "", "where the rack keeps its identity, config and cache")
 	var ifaces listFlag
 	fs.Var(&ifaces, "interface", "interface to serve DHCP on (repeatable; none = no DHCP)")
 	httpListen := fs.String("http-listen", def.HTTPListen, "HTTP boot server address")
 	tftpListen := fs.String("tftp-listen", def.TFTPListen, "TFTP server address")
 	dhcpPort := fs.Int("dhcp-port", def.DHCPPort, "DHCP server port")
+	tftpMaxBlksize := fs.Int("tftp-max-blksize", def.TFTPMaxBlksize,
+		"largest TFTP block size a client may negotiate (513..65464); the interface MTU lowers it further")
 	manageFirewall := fs.Bool("manage-firewall", def.ManageFirewall,
 		"open rackd's ports in an iptables chain of its own (FERRITE-RACK, IPv4) while it runs; needs iptables")
 	debug := fs.Bool("debug", false, "debug logging")
@@ -127,6 +129,8 @@ func run(ctx context.Context, args []string) error {
 			cfg.TFTPListen = *tftpListen
 		case "dhcp-port":
 			cfg.DHCPPort = *dhcpPort
+		case "tftp-max-blksize":
+			cfg.TFTPMaxBlksize = *tftpMaxBlksize
 		case "manage-firewall":
 			cfg.ManageFirewall = *manageFirewall
 		}

@@ -59,7 +59,13 @@ func bootFor(ci clientInfo, disabled []string, rack netip.Addr, httpPort int) (b
 	case bootmethod.UEFIAMD64TFTP:
 		return bootChoice{Method: m, File: "bootx64.efi"}, true
 	case bootmethod.UEFIAMD64HTTP:
-		return bootChoice{Method: m, File: base + "bootx64.efi", VendorClass: "HTTPClient"}, true
+		// iPXE, not shim and GRUB: Debian's signed GRUB has no http
+		// module, and Debian 12's unsigned GRUB 2.06 does not take its
+		// network setup from firmware HTTP boot. snponly.efi drives the
+		// NIC the firmware booted from, asks DHCP again as iPXE and gets
+		// ipxe.cfg. Unsigned: HTTP boot needs Secure Boot off; the signed
+		// chain works over TFTP.
+		return bootChoice{Method: m, File: base + "snponly.efi", VendorClass: "HTTPClient"}, true
 	case bootmethod.UEFIARM64TFTP:
 		return bootChoice{Method: m, File: "bootaa64.efi"}, true
 	case bootmethod.UEFIARM64HTTP:

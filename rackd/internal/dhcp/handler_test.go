@@ -443,7 +443,7 @@ func TestPXEOptions(t *testing.T) {
 		{"UEFI arm64", []dhcpv4.Modifier{arch(iana.EFI_ARM64), vc("PXEClient:Arch:00011:UNDI:003000")},
 			want{File: "bootaa64.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", Lease: 30 * time.Second}},
 		{"UEFI HTTP boot", []dhcpv4.Modifier{arch(iana.EFI_X86_64_HTTP), vc("HTTPClient:Arch:00016")},
-			want{File: "http://10.0.0.1:5248/bootx64.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", ReplyVC: "HTTPClient", Lease: dhcp.DefaultLeaseTime}},
+			want{File: "http://10.0.0.1:5248/snponly.efi", Opt66: "10.0.0.1", Siaddr: "10.0.0.1", ReplyVC: "HTTPClient", Lease: dhcp.DefaultLeaseTime}},
 		{"not netbooting", nil, want{Siaddr: "0.0.0.0", Lease: dhcp.DefaultLeaseTime}},
 	}
 	for _, tc := range tests {

@@ -30,18 +30,19 @@ import (
 
 // Options tune a Client. Zero values mean the defaults shown.
 type Options struct {
-	Version           string
-	Interfaces        func() []*rackv1.RackInterface // default LocalInterfaces
-	BootConfigTimeout time.Duration                  // 10 s
-	EventBuffer       int                            // 1000 events
-	EventBatch        int                            // 100 events
-	EventFlush        time.Duration                  // 1 s
-	LeaseBatch        int                            // 500 lease changes per ReportLeases
-	LeaseFlush        time.Duration                  // 1 s
-	EndpointRefresh   time.Duration                  // 5 min
-	RetryDelay        time.Duration                  // first delay between Hello/WatchConfig retries, 1 s
-	Metrics           *metrics.Registry              // nil: a private registry
-	HTTPClient        *http.Client                   // for /MAAS/rpc/ refreshes
+	Version             string
+	Interfaces          func() []*rackv1.RackInterface // default LocalInterfaces
+	BootConfigTimeout   time.Duration                  // 10 s
+	EventBuffer         int                            // 1000 events
+	EventBatch          int                            // 100 events
+	EventFlush          time.Duration                  // 1 s
+	LeaseBatch          int                            // 500 lease changes per ReportLeases
+	LeaseFlush          time.Duration                  // 1 s
+	EndpointRefresh     time.Duration                  // 5 min
+	RetryDelay          time.Duration                  // first delay between Hello/WatchConfig/WatchPowerCommands retries, 1 s
+	PowerReportAttempts int                            // tries of one ReportPowerResult while the region is away, 5
+	Metrics             *metrics.Registry              // nil: a private registry
+	HTTPClient          *http.Client                   // for /MAAS/rpc/ refreshes
 }
 
 // Client is the rack's authenticated connection to the regions.
@@ -97,6 +98,9 @@ func New(id *Identity, stateDir string, log *zap.Logger, opts Options) (*Client,
 	}
 	if opts.RetryDelay == 0 {
 		opts.RetryDelay = time.Second
+	}
+	if opts.PowerReportAttempts <= 0 {
+		opts.PowerReportAttempts = 5
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()

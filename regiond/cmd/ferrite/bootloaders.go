@@ -69,7 +69,8 @@ func hostLoaderPackages() []loaderPackage {
 		{name: "ipxe", files: []loaderFile{
 			{resource: loaderIPXE, arch: "amd64/generic", path: "/usr/lib/ipxe/undionly.kpxe"},
 			{resource: loaderIPXE, arch: "amd64/generic", path: "/usr/lib/ipxe/ipxe.efi"},
-			{resource: loaderIPXE, arch: "amd64/generic", path: "/usr/lib/ipxe/snponly.efi", optional: true},
+			// UEFI HTTP boot loads it: iPXE on the firmware's driver for the NIC it booted from.
+			{resource: loaderIPXE, arch: "amd64/generic", path: "/usr/lib/ipxe/snponly.efi"},
 		}},
 	}
 }

@@ -65,7 +65,7 @@ func TestImportBootloadersFromHost(t *testing.T) {
 	want := map[key][]string{
 		{"bootloader/pxelinux", "i386/generic"}: {"lpxelinux.0", "ldlinux.c32", "libcom32.c32", "libutil.c32", "ifcpu64.c32", "chain.c32", "menu.c32"},
 		{"bootloader/uefi", "amd64/generic"}:    {"bootx64.efi", "grubx64.efi", "mmx64.efi"},
-		{"bootloader/ipxe", "amd64/generic"}:    {"undionly.kpxe", "ipxe.efi"},
+		{"bootloader/ipxe", "amd64/generic"}:    {"undionly.kpxe", "ipxe.efi", "snponly.efi"},
 	}
 	for k, names := range want {
 		for _, n := range names {
@@ -79,6 +79,7 @@ func TestImportBootloadersFromHost(t *testing.T) {
 		"lpxelinux.0": "/usr/lib/PXELINUX/lpxelinux.0",
 		"ldlinux.c32": "/usr/lib/syslinux/modules/bios/ldlinux.c32",
 		"ipxe.efi":    "/usr/lib/ipxe/ipxe.efi",
+		"snponly.efi": "/usr/lib/ipxe/snponly.efi",
 	}
 	all := map[string]importedFile{}
 	for _, m := range files {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -19,25 +20,29 @@ import (
 
 // commands returns every ferrite subcommand, in the order help lists them.
 func commands() []command {
-	return []command{
+	return append([]command{
 		{"login", "--url URL --token TOKEN", "Check TOKEN against the region API at URL and save both for later commands.", setupLogin},
 		{"racks list", "[-o json]", "List registered rack controllers.", setupRacksList},
 		{"subnets create", "--cidr CIDR --rack NAME [--gateway IP] [--dns IP]... [--dynamic-range LO-HI]... [--ntp IP]... [--disable-boot-method M]... [-o json]",
 			"Create a subnet served by rack NAME.", setupSubnetsCreate},
 		{"subnets list", "[-o json]", "List subnets.", setupSubnetsList},
-		{"images upload", "--name custom/NAME [--arch amd64/generic] --kernel FILE --initrd FILE [-o json]",
-			"Upload a kernel and an initrd as a boot image (replaces an image of the same name and arch).", setupImagesUpload},
+		{"images upload", "--name custom/NAME [--arch amd64/generic] (--kernel FILE --initrd FILE | --kind root-dd --file IMAGE) [-o json]",
+			"Upload a kernel and an initrd as a boot image, or (--kind root-dd) a raw disk image to deploy (replaces an image of the same name and arch).",
+			setupImagesUpload},
 		{"images import-bootloaders", "[--from-host] [--cache-dir DIR] [--download-only] [-o json]",
 			"Import boot loaders (shim, signed GRUB, PXELINUX + modules, iPXE) from this host's Debian packages; racks serve them.",
 			setupImportBootloaders},
 		{"images list", "[-o json]", "List boot images.", setupImagesList},
-		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts).", setupConfigSet},
+		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts, node_timeout, power_command_timeout, power_query_interval).", setupConfigSet},
 		{"config get", "[KEY] [-o json]", "Print one configuration value, or all of them.", setupConfigGet},
 		{"machines list", "[-o json]", "List machines.", setupMachinesList},
 		{"machines show", "SYSTEM_ID [-o json]", "Show one machine.", setupMachinesShow},
+		{"machines set-ip", "SYSTEM_ID --mac MAC (--ip IP | --clear) [-o json]",
+			"Give a machine's interface a fixed address that every rack serving its subnet hands out by DHCP (--clear or --ip \"\" removes it).",
+			setupMachinesSetIP},
 		{"events list", "[--limit N] [--mac MAC] [--system-id ID] [-o json]", "List the latest events, oldest first.", setupEventsList},
 		{"leases list", "[--mac MAC] [--rack NAME] [--state STATE] [-o json]", "List DHCP leases as the racks reported them.", setupLeasesList},
-	}
+	}, slices.Concat(powerCommands(), lifecycleCommands())...) // power.go, lifecycle.go
 }
 
 // noArgs refuses positional arguments.
@@ -125,7 +130,7 @@ func setupRacksList(fs *flag.FlagSet) action {
 
 func subnetTable(subnets []apiclient.Subnet) func(io.Writer) {
 	return func(w io.Writer) {
-		header(w, "ID", "CIDR", "GATEWAY", "DNS", "DYNAMIC RANGES", "RACK")
+		header(w, "ID", "CIDR", "GATEWAY", "DNS", "DYNAMIC RANGES", "NTP", "BOOT DISABLED", "RACK")
 		for _, s := range subnets {
 			ranges := make([]string, len(s.DynamicRanges))
 			for i, r := range s.DynamicRanges {
@@ -135,7 +140,8 @@ func subnetTable(subnets []apiclient.Subnet) func(io.Writer) {
 			if s.Gateway.IsValid() {
 				gw = s.Gateway.String()
 			}
-			row(w, strconv.FormatInt(s.ID, 10), s.CIDR.String(), gw, joined(s.DNSServers, ","), strings.Join(ranges, ","), s.Rack)
+			row(w, strconv.FormatInt(s.ID, 10), s.CIDR.String(), gw, joined(s.DNSServers, ","), strings.Join(ranges, ","),
+				joined(s.NTPServers, ","), strings.Join(s.DisabledBootMethods, ","), s.Rack)
 		}
 	}
 }
@@ -216,13 +222,29 @@ func setupImagesUpload(fs *flag.FlagSet) action {
 	arch := fs.String("arch", "amd64/generic", "`ARCH/SUBARCH` the image boots")
 	kernel := fs.String("kernel", "", "kernel `FILE` (required)")
 	initrd := fs.String("initrd", "", "initrd `FILE` (required)")
+	kind := fs.String("kind", "kernel-initrd", "image `KIND`: kernel-initrd, or root-dd for a raw disk image that deploy writes")
+	file := fs.String("file", "", "the raw disk `IMAGE` of a --kind root-dd image")
 	out := outputFlag(fs)
 	return func(ctx context.Context, a *app, args []string) error {
 		if err := noArgs(args); err != nil {
 			return err
 		}
 		var errs []error
-		for _, f := range []struct{ flag, v string }{{"--name", *name}, {"--kernel", *kernel}, {"--initrd", *initrd}} {
+		required := []struct{ flag, v string }{{"--name", *name}, {"--kernel", *kernel}, {"--initrd", *initrd}}
+		switch *kind {
+		case "kernel-initrd":
+			if *file != "" {
+				errs = append(errs, errors.New("--file is for --kind root-dd"))
+			}
+		case "root-dd":
+			required = []struct{ flag, v string }{{"--name", *name}, {"--file", *file}}
+			if *kernel != "" || *initrd != "" {
+				errs = append(errs, errors.New("--kernel and --initrd are not part of a root-dd image"))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("--kind %q: want kernel-initrd or root-dd", *kind))
+		}
+		for _, f := range required {
 			if f.v == "" {
 				errs = append(errs, fmt.Errorf("%s is required", f.flag))
 			}
@@ -232,6 +254,22 @@ func setupImagesUpload(fs *flag.FlagSet) action {
 		}
 		if err := errors.Join(errs...); err != nil {
 			return usageError{err}
+		}
+		if *kind == "root-dd" {
+			f, err := openRegular(*file)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			im, err := c.UploadRootDD(ctx, *name, *arch, f)
+			if err != nil {
+				return err
+			}
+			return emit(a.stdout, *out, im, imageTable([]apiclient.Image{im}))
 		}
 		kf, err := openRegular(*kernel)
 		if err != nil {
@@ -386,17 +424,85 @@ func setupMachinesShow(fs *flag.FlagSet) action {
 		if err != nil {
 			return err
 		}
-		return emit(a.stdout, *out, m, func(w io.Writer) {
-			row(w, "System ID:", m.SystemID)
-			row(w, "Hostname:", m.Hostname)
-			row(w, "Status:", m.Status)
-			row(w, "Architecture:", m.Architecture)
-			row(w, "CPUs:", strconv.Itoa(m.CPUCount))
-			row(w, "Memory:", fmt.Sprintf("%d MiB", m.MemoryMB))
+		return emit(a.stdout, *out, m, machineDetails(m))
+	}
+}
+
+// machineDetails prints one machine, an interface per line (boot interface
+// first) with its fixed address, or "dynamic" when it has none.
+func machineDetails(m apiclient.Machine) func(io.Writer) {
+	return func(w io.Writer) {
+		row(w, "System ID:", m.SystemID)
+		row(w, "Hostname:", m.Hostname)
+		row(w, "Status:", m.Status)
+		row(w, "Architecture:", m.Architecture)
+		row(w, "CPUs:", strconv.Itoa(m.CPUCount))
+		row(w, "Memory:", fmt.Sprintf("%d MiB", m.MemoryMB))
+		if len(m.Interfaces) == 0 { // a region from before interfaces were listed
 			row(w, "MAC addresses:", strings.Join(m.MACAddresses, ", "))
-			row(w, "Hardware UUID:", m.HardwareUUID)
-			row(w, "Created:", when(m.Created))
-		})
+		}
+		for i, in := range m.Interfaces {
+			label := ""
+			if i == 0 {
+				label = "Interfaces:"
+			}
+			ip := "dynamic"
+			if in.IP.IsValid() {
+				ip = "fixed " + in.IP.String()
+			}
+			io.WriteString(w, label+"\t"+cell(in.MAC)+"\t"+ip+"\n") // no "-" for the continuation label
+		}
+		powerDetails(w, m)     // power.go
+		lifecycleDetails(w, m) // lifecycle.go
+		row(w, "Hardware UUID:", m.HardwareUUID)
+		row(w, "Created:", when(m.Created))
+	}
+}
+
+func setupMachinesSetIP(fs *flag.FlagSet) action {
+	mac := fs.String("mac", "", "`MAC` of the machine's interface (required)")
+	ip := fs.String("ip", "", "fixed IPv4 `ADDRESS`, outside the subnet's dynamic ranges; \"\" clears it")
+	clear := fs.Bool("clear", false, "remove the interface's fixed address")
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) != 1 {
+			return usagef("want one SYSTEM_ID, got %d arguments", len(args))
+		}
+		ipGiven := false
+		fs.Visit(func(f *flag.Flag) { ipGiven = ipGiven || f.Name == "ip" })
+		var errs []error
+		norm, err := parseMAC(*mac)
+		switch {
+		case *mac == "":
+			errs = append(errs, errors.New("--mac is required (see ferrite machines show SYSTEM_ID)"))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--mac: %w", err))
+		}
+		var addr netip.Addr
+		switch {
+		case *clear && ipGiven && *ip != "":
+			errs = append(errs, errors.New("--clear and --ip ADDRESS contradict each other"))
+		case !*clear && !ipGiven:
+			errs = append(errs, errors.New("--ip ADDRESS or --clear is required"))
+		case *ip != "":
+			a, err := parseAddr(*ip)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--ip: %w", err))
+			}
+			addr = a
+		}
+		if err := errors.Join(errs...); err != nil {
+			return usageError{err}
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		m, err := c.SetInterfaceIP(ctx, args[0], norm, addr)
+		if err != nil {
+			return err
+		}
+		return emit(a.stdout, *out, m, machineDetails(m))
 	}
 }
 

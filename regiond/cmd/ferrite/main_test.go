@@ -85,10 +85,20 @@ rack-RACKID  rack1  0.1.0    2000-01-01T00:00:01Z  eth0 10.99.0.2/24,fd00::2/64;
 		{
 			name: "subnets list",
 			args: []string{"subnets", "list"},
-			want: result{0, `ID  CIDR          GATEWAY    DNS                DYNAMIC RANGES           RACK
-1   10.99.0.0/24  10.99.0.1  10.99.0.1,1.1.1.1  10.99.0.100-10.99.0.200  rack1
+			want: result{0, `ID  CIDR          GATEWAY    DNS                DYNAMIC RANGES           NTP  BOOT DISABLED  RACK
+1   10.99.0.0/24  10.99.0.1  10.99.0.1,1.1.1.1  10.99.0.100-10.99.0.200  -    -              rack1
 `, ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/subnets"}},
+		},
+		{
+			name: "subnets create with NTP and disabled boot methods: compact columns",
+			args: []string{"subnets", "create", "--cidr", "10.97.0.0/24", "--rack", "rack1", "--ntp", "10.97.0.1,10.97.0.2",
+				"--disable-boot-method", "ipxe", "--disable-boot-method", "uefi_amd64_http"},
+			want: result{0, `ID  CIDR          GATEWAY  DNS  DYNAMIC RANGES  NTP                  BOOT DISABLED         RACK
+2   10.97.0.0/24  -        -    -               10.97.0.1,10.97.0.2  ipxe,uefi_amd64_http  rack1
+`, ""},
+			wantReqs: []apiRequest{{Method: "POST", Path: "/api/v1/subnets",
+				Body: `{"cidr":"10.97.0.0/24","rack":"rack1","disabled_boot_methods":["ipxe","uefi_amd64_http"],"ntp_servers":["10.97.0.1","10.97.0.2"]}`}},
 		},
 		{
 			name: "subnets list json",
@@ -122,8 +132,8 @@ rack-RACKID  rack1  0.1.0    2000-01-01T00:00:01Z  eth0 10.99.0.2/24,fd00::2/64;
 			name: "subnets create with repeated and comma-separated dns",
 			args: []string{"subnets", "create", "--cidr", "10.98.0.0/24", "--gateway", "10.98.0.1", "--dns", "10.98.0.1,9.9.9.9",
 				"--dns", "fd00::53", "--dynamic-range", "10.98.0.100-10.98.0.199", "--rack", "rack1"},
-			want: result{0, `ID  CIDR          GATEWAY    DNS                         DYNAMIC RANGES           RACK
-2   10.98.0.0/24  10.98.0.1  10.98.0.1,9.9.9.9,fd00::53  10.98.0.100-10.98.0.199  rack1
+			want: result{0, `ID  CIDR          GATEWAY    DNS                         DYNAMIC RANGES           NTP  BOOT DISABLED  RACK
+2   10.98.0.0/24  10.98.0.1  10.98.0.1,9.9.9.9,fd00::53  10.98.0.100-10.98.0.199  -    -              rack1
 `, ""},
 			wantReqs: []apiRequest{{Method: "POST", Path: "/api/v1/subnets",
 				Body: `{"cidr":"10.98.0.0/24","gateway":"10.98.0.1","dns_servers":["10.98.0.1","9.9.9.9","fd00::53"],` +
@@ -243,15 +253,17 @@ custom/ephemeral  amd64/generic  kernel-initrd  2000-01-01T00:00:02Z  boot-initr
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/images"}},
 		},
 		{
-			name:     "config get all",
-			args:     []string{"config", "get"},
-			want:     result{0, "KEY                  VALUE\ncommissioning_image  custom/ephemeral\nkernel_opts          console=ttyS0\n", ""},
+			name: "config get all",
+			args: []string{"config", "get"},
+			want: result{0, "KEY                    VALUE\ncommissioning_image    custom/ephemeral\nkernel_opts            console=ttyS0\n" +
+				"node_timeout           -\npower_command_timeout  -\npower_query_interval   -\n", ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/config"}},
 		},
 		{
-			name:     "config get all json",
-			args:     []string{"config", "get", "-o", "json"},
-			want:     result{0, "{\n  \"commissioning_image\": \"custom/ephemeral\",\n  \"kernel_opts\": \"console=ttyS0\"\n}\n", ""},
+			name: "config get all json",
+			args: []string{"config", "get", "-o", "json"},
+			want: result{0, "{\n  \"commissioning_image\": \"custom/ephemeral\",\n  \"kernel_opts\": \"console=ttyS0\",\n  \"node_timeout\": \"\",\n" +
+				"  \"power_command_timeout\": \"\",\n  \"power_query_interval\": \"\"\n}\n", ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/config"}},
 		},
 		{
@@ -293,7 +305,7 @@ custom/ephemeral  amd64/generic  kernel-initrd  2000-01-01T00:00:02Z  boot-initr
 		{
 			name:     "config set unknown key: API message",
 			args:     []string{"config", "set", "bogus", "1"},
-			want:     result{1, "", "ferrite: set config bogus: unknown config key \"bogus\" (known: commissioning_image, kernel_opts) (HTTP 400)\n"},
+			want:     result{1, "", "ferrite: set config bogus: unknown config key \"bogus\" (known: commissioning_image, kernel_opts, node_timeout, power_command_timeout, power_query_interval) (HTTP 400)\n"},
 			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/config/bogus", Body: `{"value":"1"}`}},
 		},
 		{
@@ -314,11 +326,126 @@ Status:         New
 Architecture:   amd64/generic
 CPUs:           2
 Memory:         2048 MiB
-MAC addresses:  52:54:00:12:34:56, 52:54:00:12:34:57
+Interfaces:     52:54:00:12:34:56  dynamic
+                52:54:00:12:34:57  dynamic
+Power type:     (not set: ferrite machines set-power)
+Power state:    unknown
 Hardware UUID:  4c4c4544-0000-1000-8000-000000000001
 Created:        2000-01-01T00:00:03Z
 `, ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/machines/MACH01"}},
+		},
+		{
+			name: "machines show with a fixed address",
+			args: []string{"machines", "show", "MACH01"},
+			seed: seedFixedAddress,
+			want: result{0, `System ID:      MACH01
+Hostname:       ferrite-MACH01
+Status:         New
+Architecture:   amd64/generic
+CPUs:           2
+Memory:         2048 MiB
+Interfaces:     52:54:00:12:34:56  dynamic
+                52:54:00:12:34:57  fixed 10.99.0.57
+Power type:     (not set: ferrite machines set-power)
+Power state:    unknown
+Hardware UUID:  4c4c4544-0000-1000-8000-000000000001
+Created:        2000-01-01T00:00:03Z
+`, ""},
+			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/machines/MACH01"}},
+		},
+		{
+			name: "machines set-ip, flags after the system ID, MAC normalized",
+			args: []string{"machines", "set-ip", "MACH01", "--mac", "52-54-00-12-34-56", "--ip", "10.99.0.56"},
+			want: result{0, `System ID:      MACH01
+Hostname:       ferrite-MACH01
+Status:         New
+Architecture:   amd64/generic
+CPUs:           2
+Memory:         2048 MiB
+Interfaces:     52:54:00:12:34:56  fixed 10.99.0.56
+                52:54:00:12:34:57  dynamic
+Power type:     (not set: ferrite machines set-power)
+Power state:    unknown
+Hardware UUID:  4c4c4544-0000-1000-8000-000000000001
+Created:        2000-01-01T00:00:03Z
+`, ""},
+			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH01/interfaces/52:54:00:12:34:56", Body: `{"ip":"10.99.0.56"}`}},
+		},
+		{
+			name:     "machines set-ip --clear",
+			args:     []string{"machines", "set-ip", "--clear", "--mac", "52:54:00:12:34:57", "MACH01", "-o", "json"},
+			seed:     seedFixedAddress,
+			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH01/interfaces/52:54:00:12:34:57", Body: `{"ip":""}`}},
+			want: result{0, `{
+  "system_id": "MACH01",
+  "hostname": "ferrite-MACH01",
+  "status": "New",
+  "architecture": "amd64/generic",
+  "mac_addresses": [
+    "52:54:00:12:34:56",
+    "52:54:00:12:34:57"
+  ],
+  "interfaces": [
+    {
+      "mac": "52:54:00:12:34:56",
+      "ip": ""
+    },
+    {
+      "mac": "52:54:00:12:34:57",
+      "ip": ""
+    }
+  ],
+  "cpu_count": 2,
+  "memory_mb": 2048,
+  "hardware_uuid": "4c4c4544-0000-1000-8000-000000000001",
+  "created": "2000-01-01T00:00:03Z",
+  "power_type": "",
+  "power_parameters": {},
+  "power_state": "unknown",
+  "power_state_updated": "",
+  "netboot": true,
+  "deploy_image": "",
+  "owner": "",
+  "previous_status": "",
+  "error_description": ""
+}
+`, ""},
+		},
+		{
+			name:     `machines set-ip --ip "" clears`,
+			args:     []string{"machines", "set-ip", "MACH01", "--mac", "52:54:00:12:34:57", "--ip", ""},
+			seed:     seedFixedAddress,
+			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH01/interfaces/52:54:00:12:34:57", Body: `{"ip":""}`}},
+			want: result{0, `System ID:      MACH01
+Hostname:       ferrite-MACH01
+Status:         New
+Architecture:   amd64/generic
+CPUs:           2
+Memory:         2048 MiB
+Interfaces:     52:54:00:12:34:56  dynamic
+                52:54:00:12:34:57  dynamic
+Power type:     (not set: ferrite machines set-power)
+Power state:    unknown
+Hardware UUID:  4c4c4544-0000-1000-8000-000000000001
+Created:        2000-01-01T00:00:03Z
+`, ""},
+		},
+		{
+			name:     "machines set-ip taken: API message",
+			args:     []string{"machines", "set-ip", "MACH02", "--mac", "52:54:00:12:34:99", "--ip", "10.99.0.57"},
+			seed:     seedFixedAddress,
+			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH02/interfaces/52:54:00:12:34:99", Body: `{"ip":"10.99.0.57"}`}},
+			want: result{1, "", "ferrite: set address of 52:54:00:12:34:99 on machine MACH02: ip: 10.99.0.57 is already the fixed address of " +
+				"52:54:00:12:34:57 on machine MACH01 (HTTP 409)\n"},
+		},
+		{
+			name: "machines set-ip in the dynamic range: API message",
+			args: []string{"machines", "set-ip", "MACH02", "--mac", "52:54:00:12:34:99", "--ip", "10.99.0.150"},
+			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH02/interfaces/52:54:00:12:34:99",
+				Body: `{"ip":"10.99.0.150"}`}},
+			want: result{1, "", "ferrite: set address of 52:54:00:12:34:99 on machine MACH02: ip: 10.99.0.150 is inside the dynamic range " +
+				"10.99.0.100-10.99.0.200 of 10.99.0.0/24: a fixed address must lie outside the DHCP pool (HTTP 400)\n"},
 		},
 		{
 			name: "machines show json",
@@ -332,10 +459,29 @@ Created:        2000-01-01T00:00:03Z
     "52:54:00:12:34:56",
     "52:54:00:12:34:57"
   ],
+  "interfaces": [
+    {
+      "mac": "52:54:00:12:34:56",
+      "ip": ""
+    },
+    {
+      "mac": "52:54:00:12:34:57",
+      "ip": ""
+    }
+  ],
   "cpu_count": 2,
   "memory_mb": 2048,
   "hardware_uuid": "4c4c4544-0000-1000-8000-000000000001",
-  "created": "2000-01-01T00:00:03Z"
+  "created": "2000-01-01T00:00:03Z",
+  "power_type": "",
+  "power_parameters": {},
+  "power_state": "unknown",
+  "power_state_updated": "",
+  "netboot": true,
+  "deploy_image": "",
+  "owner": "",
+  "previous_status": "",
+  "error_description": ""
 }
 `, ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/machines/MACH01"}},
@@ -563,6 +709,14 @@ func TestUsage(t *testing.T) {
 			wantStderr: "ferrite subnets create: invalid value \"1.1.1.1,dns.example\" for flag -dns: \"dns.example\" is not an IP address\nRun 'ferrite subnets create -h' for usage.\n"},
 		{name: "subnet unknown boot method", args: []string{"subnets", "create", "--disable-boot-method", "uefi"}, wantCode: 2,
 			wantStderr: "ferrite subnets create: invalid value \"uefi\" for flag -disable-boot-method: unknown boot method \"uefi\": want one of ipxe, pxe, uefi_amd64_tftp, uefi_amd64_http, uefi_arm64_tftp, uefi_arm64_http\nRun 'ferrite subnets create -h' for usage.\n"},
+		{name: "set-ip without an address", args: []string{"machines", "set-ip", "abc123", "--mac", "52:54:00:12:34:56"}, wantCode: 2,
+			wantStderr: "ferrite machines set-ip: --ip ADDRESS or --clear is required\nRun 'ferrite machines set-ip -h' for usage.\n"},
+		{name: "set-ip everything wrong", args: []string{"machines", "set-ip", "abc123", "--mac", "zz", "--clear", "--ip", "10.0.0.5"}, wantCode: 2,
+			wantStderr: "ferrite machines set-ip: --mac: \"zz\" is not a MAC address such as 52:54:00:12:34:56\n--clear and --ip ADDRESS contradict each other\nRun 'ferrite machines set-ip -h' for usage.\n"},
+		{name: "set-ip no mac, bad ip", args: []string{"machines", "set-ip", "abc123", "--ip", "10.0.0.500"}, wantCode: 2,
+			wantStderr: "ferrite machines set-ip: --mac is required (see ferrite machines show SYSTEM_ID)\n--ip: \"10.0.0.500\" is not an IP address\nRun 'ferrite machines set-ip -h' for usage.\n"},
+		{name: "set-ip without id", args: []string{"machines", "set-ip", "--clear", "--mac", "52:54:00:12:34:56"}, wantCode: 2,
+			wantStderr: "ferrite machines set-ip: want one SYSTEM_ID, got 0 arguments\nRun 'ferrite machines set-ip -h' for usage.\n"},
 		{name: "leases bad state", args: []string{"leases", "list", "--state", "bound"}, wantCode: 2,
 			wantStderr: "ferrite leases list: --state \"bound\": want active, released, expired or declined\nRun 'ferrite leases list -h' for usage.\n"},
 		{name: "subnet range not a range", args: []string{"subnets", "create", "--dynamic-range", "10.0.0.1"}, wantCode: 2,
@@ -626,7 +780,7 @@ func TestUsage(t *testing.T) {
 func TestHelpListsEveryCommand(t *testing.T) {
 	help := runCLI(t, nil, "help").Stdout
 	for _, c := range []string{"login", "racks list", "subnets create", "subnets list", "images upload", "images list",
-		"config set", "config get", "machines list", "machines show", "events list"} {
+		"config set", "config get", "machines list", "machines show", "machines set-ip", "events list"} {
 		if !strings.Contains(help, "\n  "+c+" ") && !strings.Contains(help, "\n  "+c+"\n") {
 			t.Errorf("ferrite help does not list %q", c)
 		}

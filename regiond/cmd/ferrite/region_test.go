@@ -167,6 +167,17 @@ func seedInventory(t testing.TB, tr *testRegion) {
 	}
 }
 
+// seedFixedAddress is the inventory with a fixed address on machine 1's
+// second interface.
+func seedFixedAddress(t testing.TB, tr *testRegion) {
+	t.Helper()
+	seedInventory(t, tr)
+	if err := tr.Store.SetInterfaceIP(context.Background(), tr.machine1.SystemID, "52:54:00:12:34:57",
+		netip.MustParseAddr("10.99.0.57")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // seedEvents writes two events straight into the region's database, one of
 // them with control characters in its description. (The region's RPC layer
 // strips those from what racks send; the CLI escapes them as well, in case

@@ -36,8 +36,11 @@ type Store interface {
 	EnlistMachine(ctx context.Context, m store.Machine) (store.Machine, bool, error)
 	Machine(ctx context.Context, systemID string) (store.Machine, error)
 	ListMachines(ctx context.Context) ([]store.Machine, error)
+	SetInterfaceIP(ctx context.Context, systemID, mac string, ip netip.Addr) error
 	ListEvents(ctx context.Context, f store.EventFilter) ([]store.Event, error)
 	ListLeases(ctx context.Context, f store.LeaseFilter) ([]store.Lease, error)
+	PowerStore     // power.go
+	lifecycleStore // machines_actions.go
 }
 
 // Config configures the handlers.
@@ -107,8 +110,15 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle("PUT /api/v1/config/{key}", auth(s.setConfig))
 	mux.Handle("GET /api/v1/machines", auth(s.listMachines))
 	mux.Handle("GET /api/v1/machines/{id}", auth(s.getMachine))
+	mux.Handle("PUT /api/v1/machines/{id}/interfaces/{mac}", auth(s.setInterfaceIP))
 	mux.Handle("GET /api/v1/events", auth(s.listEvents))
 	mux.Handle("GET /api/v1/leases", auth(s.listLeases))
+	// Power (power.go).
+	mux.Handle("PUT /api/v1/machines/{id}/power", auth(s.setPower))
+	mux.Handle("POST /api/v1/machines/{id}/power-on", auth(s.powerOn))
+	mux.Handle("POST /api/v1/machines/{id}/power-off", auth(s.powerOff))
+	mux.Handle("GET /api/v1/machines/{id}/power-commands", auth(s.listPowerCommands))
+	s.lifecycleRoutes(mux, auth)
 	mux.Handle("/api/v1/", auth(s.noSuchEndpoint))
 	// Machine- and rack-facing, anonymous.
 	mux.HandleFunc("GET /MAAS/rpc/{$}", s.rpcEndpoints)

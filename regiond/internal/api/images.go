@@ -182,7 +182,7 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			fields[name] = strings.TrimSpace(string(b))
-		case "kernel", "initrd":
+		case "kernel", "initrd", store.FileRootDD:
 			if _, dup := files[name]; dup {
 				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: given twice", name))
 				return
@@ -204,8 +204,11 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 			}
 			s.metrics.uploadedBytes.Add(size)
 			filename := fileKernel
-			if name == "initrd" {
+			switch name {
+			case "initrd":
 				filename = fileInitrd
+			case store.FileRootDD:
+				filename = store.FileRootDD
 			}
 			files[name] = store.BootFile{Filename: filename, SHA256: sum, Size: size}
 			log.Info("stored image file", zap.String("part", name), zap.String("sha256", sum), zap.Int64("size", size))
@@ -242,7 +245,7 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 			s.metrics.uploadedBytes.Add(size)
 			loaders = append(loaders, store.BootFile{Filename: fn, SHA256: sum, Size: size})
 		default:
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown form field %q (want name, arch, kernel, initrd; or kind=bootloader and files named file)", name))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown form field %q (want name, arch, kernel, initrd; or kind=bootloader and files named file; or kind=root-dd and the file root-dd)", name))
 			return
 		}
 		_ = part.Close()
@@ -271,6 +274,9 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 				problems = append(problems, f+": file required")
 			}
 		}
+		if _, ok := files[store.FileRootDD]; ok {
+			problems = append(problems, "root-dd: only kind root-dd takes a root-dd file")
+		}
 		if len(loaders) > 0 {
 			problems = append(problems, "file: only kind bootloader takes parts named file")
 		}
@@ -282,8 +288,17 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 		if len(files) > 0 {
 			problems = append(problems, "kernel, initrd: not part of a bootloader (send parts named file)")
 		}
+	case store.KindRootDD: // a raw disk image deploy writes to the disk: one file part named root-dd
+		root, ok := files[store.FileRootDD]
+		resourceFiles = []store.BootFile{root}
+		if !ok {
+			problems = append(problems, "root-dd: file required (the raw disk image)")
+		}
+		if len(files) > 1 || len(loaders) > 0 {
+			problems = append(problems, "a root-dd image has one file, root-dd (no kernel, initrd or file parts)")
+		}
 	default:
-		problems = append(problems, fmt.Sprintf("kind: %q is not %s or %s", kind, kindKernelInitrd, kindBootloader))
+		problems = append(problems, fmt.Sprintf("kind: %q is not %s, %s or %s", kind, kindKernelInitrd, kindBootloader, store.KindRootDD))
 	}
 	if len(problems) > 0 {
 		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "))

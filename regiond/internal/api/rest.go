@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ferrite-metal/ferrite/pkg/bootmethod"
 	"github.com/ferrite-metal/ferrite/regiond/internal/store"
 )
@@ -20,7 +22,7 @@ const (
 	ConfigKernelOpts         = "kernel_opts"
 )
 
-var configKeys = []string{ConfigCommissioningImage, ConfigKernelOpts}
+var configKeys = append([]string{ConfigCommissioningImage, ConfigKernelOpts, store.ConfigNodeTimeout}, powerConfigKeys...)
 
 type rackInterfaceJSON struct {
 	Name      string   `json:"name"`
@@ -275,6 +277,12 @@ func (s *Server) setConfig(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "value: at most 4096 characters and no control characters or newlines")
 		return
 	}
+	if key == store.ConfigNodeTimeout {
+		if err := validNodeTimeout(value); err != nil {
+			writeError(w, http.StatusBadRequest, "value: "+err.Error())
+			return
+		}
+	}
 	if key == ConfigCommissioningImage && value != "" {
 		brs, err := s.store.BootResources(r.Context(), value)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -285,6 +293,10 @@ func (s *Server) setConfig(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("value: no image named %q (see ferrite images list)", value))
 			return
 		}
+	}
+	if err := checkPowerConfig(key, value); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
 	if err := s.store.SetConfig(r.Context(), key, value); err != nil {
 		s.storeError(w, r, "set config "+key, err)
@@ -299,18 +311,37 @@ type machineJSON struct {
 	Status       string   `json:"status"`
 	Architecture string   `json:"architecture"`
 	MACAddresses []string `json:"mac_addresses"`
-	CPUCount     int      `json:"cpu_count"`
-	MemoryMB     int64    `json:"memory_mb"`
-	HardwareUUID string   `json:"hardware_uuid"`
-	Created      string   `json:"created"`
+	// Interfaces are the MACs of mac_addresses, in the same order, with
+	// their fixed addresses.
+	Interfaces       []interfaceJSON `json:"interfaces"`
+	CPUCount         int             `json:"cpu_count"`
+	MemoryMB         int64           `json:"memory_mb"`
+	HardwareUUID     string          `json:"hardware_uuid"`
+	Created          string          `json:"created"`
+	machinePowerJSON                 // power.go
+	lifecycleJSON                    // machines_actions.go
+}
+
+type interfaceJSON struct {
+	MAC string `json:"mac"`
+	IP  string `json:"ip"` // fixed address DHCP hands out; "" = dynamic
 }
 
 func machineOut(m store.Machine) machineJSON {
-	return machineJSON{
+	j := machineJSON{
 		SystemID: m.SystemID, Hostname: m.Hostname, Status: m.Status, Architecture: m.Arch,
-		MACAddresses: nonNil(m.MACs), CPUCount: m.CPUCount, MemoryMB: m.MemoryMB,
-		HardwareUUID: m.HardwareUUID, Created: rfc3339(m.Created),
+		MACAddresses: nonNil(m.MACs), Interfaces: []interfaceJSON{}, CPUCount: m.CPUCount, MemoryMB: m.MemoryMB,
+		HardwareUUID: m.HardwareUUID, Created: rfc3339(m.Created), lifecycleJSON: lifecycleOut(m),
 	}
+	j.machinePowerJSON = powerOut(m.MachinePower)
+	for _, i := range m.Interfaces {
+		ij := interfaceJSON{MAC: i.MAC}
+		if i.IP.IsValid() {
+			ij.IP = i.IP.String()
+		}
+		j.Interfaces = append(j.Interfaces, ij)
+	}
+	return j
 }
 
 func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
@@ -338,6 +369,75 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, machineOut(m))
+}
+
+type setInterfaceIPRequest struct {
+	IP *string `json:"ip"`
+}
+
+// setInterfaceIP answers PUT /api/v1/machines/{id}/interfaces/{mac} with
+// body {"ip": "10.0.0.50"} ("" clears): the interface's fixed address, which
+// every rack serving its subnet hands out by DHCP. It answers the machine.
+func (s *Server) setInterfaceIP(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	mac, err := normalizeMAC(r.PathValue("mac"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "mac: "+err.Error())
+		return
+	}
+	var req setInterfaceIPRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.fail(w, r, "set interface address", err)
+		return
+	}
+	if req.IP == nil {
+		writeError(w, http.StatusBadRequest, `ip: required (an IPv4 address, or "" to clear the fixed address)`)
+		return
+	}
+	var ip netip.Addr
+	if *req.IP != "" {
+		a, err := netip.ParseAddr(*req.IP)
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("ip: %q is not a plain IP address", *req.IP))
+			return
+		}
+		ip = a
+	}
+	err = s.store.SetInterfaceIP(r.Context(), id, mac, ip)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, sentinelMessage(err))
+		return
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, "ip: "+sentinelMessage(err))
+		return
+	case errors.Is(err, store.ErrInvalid):
+		writeError(w, http.StatusBadRequest, "ip: "+sentinelMessage(err))
+		return
+	case err != nil:
+		s.storeError(w, r, "set interface address", err)
+		return
+	}
+	s.log.Info("interface address set", zap.String("system_id", id), zap.String("mac", mac), zap.String("ip", *req.IP))
+	m, err := s.store.Machine(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, "get machine", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, machineOut(m))
+}
+
+// sentinelMessage is a store error's explanation for an API client: the
+// innermost message that wraps a sentinel, without the sentinel's own word
+// (the outer context repeats what the client asked for).
+func sentinelMessage(err error) string {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		switch u := errors.Unwrap(e); u {
+		case store.ErrNotFound, store.ErrConflict, store.ErrInvalid:
+			return strings.TrimSuffix(e.Error(), ": "+u.Error())
+		}
+	}
+	return err.Error()
 }
 
 type eventJSON struct {

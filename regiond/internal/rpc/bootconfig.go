@@ -36,10 +36,11 @@ const (
 	EventBootConfig = "BOOT_CONFIG"
 )
 
-// GetBootConfig answers what a booting machine should boot (skeleton rules:
-// known machines power off, unknown machines without a MAC or UUID in the
-// path enlist, a MAC or UUID of an unknown machine is NOT_FOUND). Every call
-// records a BOOT_CONFIG event.
+// GetBootConfig answers what a booting machine should boot: a known machine
+// what its state boots (BootPurpose, restarting its state's timeout), an
+// unknown one without a MAC or UUID in the path enlists, a MAC or UUID of an
+// unknown machine is NOT_FOUND (the loader falls through to its default
+// config). Every call records a BOOT_CONFIG event.
 func (s *Server) GetBootConfig(ctx context.Context, req *rackv1.GetBootConfigRequest) (*rackv1.GetBootConfigResponse, error) {
 	rk, err := rackFrom(ctx)
 	if err != nil {
@@ -129,6 +130,17 @@ func (s *Server) bootConfig(ctx context.Context, req *rackv1.GetBootConfigReques
 		return nil, eventMAC, status.Error(codes.NotFound, "unknown machine")
 	}
 
+	purpose := "enlist"
+	if found {
+		if eventMAC == "" && len(m.MACs) > 0 {
+			eventMAC = m.MACs[0]
+		}
+		// MAAS restarts a monitored state's timeout on every PXE request.
+		if err := s.store.ResetStatusExpires(ctx, m.SystemID); err != nil {
+			return nil, eventMAC, s.storeError(log, "reset status timeout of "+m.SystemID, err)
+		}
+		purpose = BootPurpose(m)
+	}
 	cfg, err := s.store.Config(ctx)
 	if err != nil {
 		return nil, eventMAC, s.storeError(log, "read config", err)
@@ -140,18 +152,27 @@ func (s *Server) bootConfig(ctx context.Context, req *rackv1.GetBootConfigReques
 	if found && m.Arch != "" {
 		arch, subarch = splitArch(m.Arch)
 	}
+	host := net.JoinHostPort(local.String(), strconv.Itoa(RackHTTPPort))
+	if purpose == "local" {
+		// Boot the disk: no kernel, initrd or image needed (the rack renders
+		// LOCALBOOT / chainload / sanboot), so it works whatever images exist.
+		return &rackv1.GetBootConfigResponse{
+			Arch: arch, Subarch: subarch, Purpose: purpose, SystemId: m.SystemID, Hostname: m.Hostname,
+			Domain: DefaultDomain, LogHost: local.String(), LogPort: RackSyslogPort, ExtraOpts: cfg[ConfigKernelOpts],
+		}, eventMAC, nil
+	}
 	img, kernel, initrd, err := s.commissioningImage(ctx, cfg[ConfigCommissioningImage], arch, subarch)
 	if err != nil {
 		return nil, eventMAC, err
 	}
 	osystem, release, _ := strings.Cut(img.Name, "/")
 	respArch, respSubarch := splitArch(img.Arch)
-	host := net.JoinHostPort(local.String(), strconv.Itoa(RackHTTPPort))
 	resp := &rackv1.GetBootConfigResponse{
 		Arch:      respArch,
 		Subarch:   respSubarch,
 		Osystem:   osystem,
 		Release:   release,
+		Purpose:   purpose,
 		Kernel:    &rackv1.BootFile{Sha256: kernel.SHA256, Size: kernel.Size, Filename: kernel.Filename},
 		Initrd:    &rackv1.BootFile{Sha256: initrd.SHA256, Size: initrd.Size, Filename: initrd.Filename},
 		Domain:    DefaultDomain,
@@ -159,20 +180,66 @@ func (s *Server) bootConfig(ctx context.Context, req *rackv1.GetBootConfigReques
 		LogPort:   RackSyslogPort,
 		ExtraOpts: cfg[ConfigKernelOpts],
 	}
-	if found {
-		resp.Purpose = "poweroff"
-		resp.SystemId = m.SystemID
-		resp.Hostname = m.Hostname
-		resp.MetadataUrl = "http://" + host + "/MAAS/metadata/latest/by-id/" + m.SystemID + "/?op=get_preseed"
-		if eventMAC == "" && len(m.MACs) > 0 {
-			eventMAC = m.MACs[0]
-		}
-	} else {
-		resp.Purpose = "enlist"
+	if !found {
 		resp.Hostname = EnlistHostname
 		resp.MetadataUrl = "http://" + host + "/MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed"
+		return resp, eventMAC, nil
+	}
+	resp.SystemId = m.SystemID
+	resp.Hostname = m.Hostname
+	resp.MetadataUrl = "http://" + host + "/MAAS/metadata/latest/by-id/" + m.SystemID + "/?op=get_preseed"
+	if purpose == "xinstall" {
+		root, err := s.deployImage(ctx, m, arch)
+		if err != nil {
+			return nil, eventMAC, err
+		}
+		resp.Root = &rackv1.BootFile{Sha256: root.SHA256, Size: root.Size, Filename: root.Filename}
 	}
 	return resp, eventMAC, nil
+}
+
+// BootPurpose is what a known machine boots in its state (MAAS's
+// Node.get_boot_purpose): the ephemeral environment to commission, test,
+// rescue or release; the installer while Deploying with netboot on; its
+// disk once netboot is off and when Deployed; power off otherwise.
+func BootPurpose(m store.Machine) string {
+	switch m.Status {
+	case store.StatusNew, store.StatusCommissioning, store.StatusTesting, store.StatusReleasing:
+		return "commissioning"
+	case store.StatusEnteringRescueMode, store.StatusRescueMode:
+		return "rescue"
+	case store.StatusDeploying:
+		if m.Netboot {
+			return "xinstall"
+		}
+		return "local"
+	case store.StatusDeployed:
+		return "local"
+	}
+	return "poweroff"
+}
+
+// deployImage finds the root-dd file of the machine's deploy image for its
+// arch, or FAILED_PRECONDITION.
+func (s *Server) deployImage(ctx context.Context, m store.Machine, arch string) (store.BootFile, error) {
+	if m.DeployImage == "" {
+		return store.BootFile{}, status.Errorf(codes.FailedPrecondition, "machine %s is Deploying without a deploy image", m.SystemID)
+	}
+	brs, err := s.store.BootResources(ctx, m.DeployImage)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.BootFile{}, s.storeError(s.log, "boot resources "+m.DeployImage, err)
+	}
+	for _, br := range brs {
+		if a, _ := splitArch(br.Arch); a != arch || br.Kind != store.KindRootDD {
+			continue
+		}
+		for _, f := range br.Files {
+			if f.Filename == store.FileRootDD {
+				return f, nil
+			}
+		}
+	}
+	return store.BootFile{}, status.Errorf(codes.FailedPrecondition, "deploy image %q has no %s file for %s", m.DeployImage, store.FileRootDD, arch)
 }
 
 // commissioningImage finds the configured commissioning image for arch

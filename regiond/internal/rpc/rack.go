@@ -94,12 +94,18 @@ func sameConfig(a, b *rackv1.RackConfig) bool {
 	return proto.Equal(a2, b2)
 }
 
-// RackConfig builds the configuration of one rack: the subnets it is
-// primary for and every boot resource file. Version is left zero.
+// RackConfig builds the configuration of one rack: the subnets it serves,
+// the fixed addresses (reservations) inside them, and every boot resource
+// file. Every list is sorted, so equal states give equal configs. Version
+// is left zero.
 func (s *Server) RackConfig(ctx context.Context, rackID string) (*rackv1.RackConfig, error) {
 	subnets, err := s.store.SubnetsForRack(ctx, rackID)
 	if err != nil {
 		return nil, fmt.Errorf("subnets of rack %s: %w", rackID, err)
+	}
+	reservations, err := s.store.ReservationsForRack(ctx, rackID)
+	if err != nil {
+		return nil, fmt.Errorf("reservations of rack %s: %w", rackID, err)
 	}
 	resources, err := s.store.BootResources(ctx, "")
 	if err != nil {
@@ -128,6 +134,15 @@ func (s *Server) RackConfig(ctx context.Context, rackID string) (*rackv1.RackCon
 		cfg.Subnets = append(cfg.Subnets, ps)
 	}
 	slices.SortFunc(cfg.Subnets, func(a, b *rackv1.Subnet) int { return strings.Compare(a.Cidr, b.Cidr) })
+	slices.SortFunc(reservations, func(a, b store.Reservation) int {
+		if c := a.IP.Compare(b.IP); c != 0 {
+			return c
+		}
+		return strings.Compare(a.MAC, b.MAC)
+	})
+	for _, r := range reservations {
+		cfg.Reservations = append(cfg.Reservations, &rackv1.Reservation{Mac: r.MAC, Ip: r.IP.String(), Hostname: r.Hostname})
+	}
 	seen := map[string]bool{}
 	for _, br := range resources {
 		for _, f := range br.Files {

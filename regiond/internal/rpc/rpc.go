@@ -31,14 +31,16 @@ type Store interface {
 	Rack(ctx context.Context, id string) (store.Rack, error)
 	UpdateRack(ctx context.Context, id, version string, ifaces []store.RackInterface) error
 	SubnetsForRack(ctx context.Context, rackID string) ([]store.Subnet, error)
+	ReservationsForRack(ctx context.Context, rackID string) ([]store.Reservation, error)
 	BootResources(ctx context.Context, name string) ([]store.BootResource, error)
 	Config(ctx context.Context) (map[string]string, error)
 	MachineByMAC(ctx context.Context, mac string) (store.Machine, error)
 	MachineByUUID(ctx context.Context, uuid string) (store.Machine, error)
+	ResetStatusExpires(ctx context.Context, systemID string) error
 	OpenBlob(ctx context.Context, sha256hex string, offset int64) (io.ReadCloser, int64, error)
 	AddEvents(ctx context.Context, evs ...store.Event) error
 	UpsertLeases(ctx context.Context, rackID string, leases []store.Lease) error
-	WaitForChanges(ctx context.Context, fn func()) error
+	PowerStore // power.go
 }
 
 // Config configures a Server.
@@ -65,6 +67,7 @@ type Server struct {
 	stepTimeout time.Duration
 	now         func() time.Time
 	changes     *broadcaster
+	power       *powerWaiters // power.go
 }
 
 // New returns a Server. Call Run to forward database change notifications
@@ -91,6 +94,7 @@ func New(cfg Config) (*Server, error) {
 		stepTimeout: cfg.StepTimeout,
 		now:         cfg.Now,
 		changes:     newBroadcaster(),
+		power:       newPowerWaiters(),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -138,14 +142,15 @@ func (s *Server) RegisterServices(r grpc.ServiceRegistrar) {
 }
 
 // Run listens for database change notifications and wakes every
-// WatchConfig stream on each one, until ctx ends; then it ends every stream.
+// WatchConfig stream on each one (and WatchPowerCommands streams: route), until ctx ends; then it ends every stream.
 // One listener per region process, however many racks stream from it.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.changes.close()
+	defer s.power.close()
 	backoff := time.Second
 	for {
 		start := time.Now()
-		err := s.store.WaitForChanges(ctx, s.changes.notify)
+		err := s.store.WaitForNotifications(ctx, s.route)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -154,7 +159,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		s.log.Warn("database change listener failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
 		// Changes may have been missed while not listening.
-		s.changes.notify()
+		s.route("", "")
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}

@@ -303,6 +303,12 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 	_, out["GetBootConfig"] = c.GetBootConfig(ctx, &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2"})
 	_, out["SendEvents"] = c.SendEvents(ctx, &rackv1.SendEventsRequest{})
 	_, out["ReportLeases"] = c.ReportLeases(ctx, &rackv1.ReportLeasesRequest{})
+	_, out["ReportPowerResult"] = c.ReportPowerResult(ctx, &rackv1.ReportPowerResultRequest{})
+	if s, err := c.WatchPowerCommands(ctx, &rackv1.WatchPowerCommandsRequest{}); err != nil {
+		out["WatchPowerCommands"] = err
+	} else {
+		_, out["WatchPowerCommands"] = s.Recv()
+	}
 	if s, err := c.WatchConfig(ctx, &rackv1.WatchConfigRequest{}); err != nil {
 		out["WatchConfig"] = err
 	} else {
@@ -319,7 +325,7 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 func TestRackServiceRefusesWithoutValidCertificate(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 6 {
+	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 8 {
 		t.Fatalf("RackService has %d methods; update rackCalls", n)
 	}
 	// A registered rack, whose ID the foreign certificate below claims.
@@ -452,24 +458,24 @@ func TestGetBootConfig(t *testing.T) {
 			eventDesc: "purpose enlist arch amd64 path pxelinux.cfg/default",
 		},
 		{
-			name: "known mac powers off",
+			name: "known new machine by mac commissions",
 			req:  &rackv1.GetBootConfigRequest{LocalIp: "10.0.0.2", RemoteIp: "10.0.0.51", Mac: "52-54-00-12-34-56", Path: "pxelinux.cfg/01-52-54-00-12-34-56"},
 			want: &rackv1.GetBootConfigResponse{Arch: "amd64", Subarch: "generic", Osystem: "custom", Release: "ephemeral",
-				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: byMAC.Hostname, Domain: "local", SystemId: byMAC.SystemID,
+				Purpose: "commissioning", Kernel: pk, Initrd: pi, Hostname: byMAC.Hostname, Domain: "local", SystemId: byMAC.SystemID,
 				MetadataUrl: "http://10.0.0.2:5248/MAAS/metadata/latest/by-id/" + byMAC.SystemID + "/?op=get_preseed",
 				LogHost:     "10.0.0.2", LogPort: 5247, ExtraOpts: "console=ttyS0"},
 			eventMAC:  "52:54:00:12:34:56",
-			eventDesc: "purpose poweroff arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56",
+			eventDesc: "purpose commissioning arch amd64 path pxelinux.cfg/01-52-54-00-12-34-56",
 		},
 		{
-			name: "known uuid powers off",
+			name: "known new machine by uuid commissions",
 			req:  &rackv1.GetBootConfigRequest{LocalIp: "fd00::2", HardwareUuid: "4C4C4544-0000-1000-8000-000000000001", Path: "pxelinux.cfg/4c4c4544-0000-1000-8000-000000000001"},
 			want: &rackv1.GetBootConfigResponse{Arch: "amd64", Subarch: "generic", Osystem: "custom", Release: "ephemeral",
-				Purpose: "poweroff", Kernel: pk, Initrd: pi, Hostname: byUUID.Hostname, Domain: "local", SystemId: byUUID.SystemID,
+				Purpose: "commissioning", Kernel: pk, Initrd: pi, Hostname: byUUID.Hostname, Domain: "local", SystemId: byUUID.SystemID,
 				MetadataUrl: "http://[fd00::2]:5248/MAAS/metadata/latest/by-id/" + byUUID.SystemID + "/?op=get_preseed",
 				LogHost:     "fd00::2", LogPort: 5247, ExtraOpts: "console=ttyS0"},
 			eventMAC:  "52:54:00:00:00:99",
-			eventDesc: "purpose poweroff arch amd64 path pxelinux.cfg/4c4c4544-0000-1000-8000-000000000001",
+			eventDesc: "purpose commissioning arch amd64 path pxelinux.cfg/4c4c4544-0000-1000-8000-000000000001",
 		},
 		{
 			name:      "unknown mac is not found",

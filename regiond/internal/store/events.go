@@ -144,6 +144,18 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 // then once per notification, and once again after each reconnection. It
 // returns nil when ctx ends. A lost connection is re-established with backoff.
 func (s *Store) WaitForChanges(ctx context.Context, fn func()) error {
+	return s.WaitForNotifications(ctx, func(channel, _ string) {
+		if channel == "" || channel == ChannelRackConfig {
+			fn()
+		}
+	})
+}
+
+// WaitForNotifications is WaitForChanges for every channel the region
+// listens on (ChannelRackConfig, ChannelPower), on one connection: fn gets
+// each notification's channel and payload, and channel "" once listening
+// starts and after each reconnection (anything may have been missed).
+func (s *Store) WaitForNotifications(ctx context.Context, fn func(channel, payload string)) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := s.listen(ctx, fn)
@@ -160,20 +172,23 @@ func (s *Store) WaitForChanges(ctx context.Context, fn func()) error {
 	}
 }
 
-func (s *Store) listen(ctx context.Context, fn func()) error {
+func (s *Store) listen(ctx context.Context, fn func(channel, payload string)) error {
 	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return fmt.Errorf("connect to listen: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ChannelRackConfig}.Sanitize()); err != nil {
-		return fmt.Errorf("listen %s: %w", ChannelRackConfig, err)
-	}
-	fn()
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return fmt.Errorf("wait for %s: %w", ChannelRackConfig, err)
+	for _, ch := range []string{ChannelRackConfig, ChannelPower} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("listen %s: %w", ch, err)
 		}
-		fn()
+	}
+	fn("", "")
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for notifications: %w", err)
+		}
+		fn(n.Channel, n.Payload)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -21,10 +22,25 @@ type Machine struct {
 	// BootMAC is the MAC the machine booted from ("" = unknown). On enlist it
 	// is added to MACs if missing; it defaults to MACs[0].
 	BootMAC string
+	// Interfaces are the machine's interfaces in the order of MACs, with
+	// their fixed addresses (SetInterfaceIP). Ignored by EnlistMachine.
+	Interfaces []Interface
+	// MachinePower: power driver, parameters and state (power.go).
+	MachinePower
+	// Lifecycle (lifecycle.go); ignored by EnlistMachine.
+	Netboot          bool      // PXE boots the installer while Deploying; off once the image is written
+	DeployImage      string    // root-dd image the last deploy wrote, e.g. custom/debian-12
+	Owner            string    // API token name that allocated the machine
+	PreviousStatus   string    // where abort, exit-rescue and mark-fixed return to
+	ErrorDescription string    // why it failed or was marked broken
+	StatusExpires    time.Time // zero outside monitored states
 }
 
-// StatusNew is the status of a freshly enlisted machine.
-const StatusNew = "New"
+// Interface is one network interface of a machine.
+type Interface struct {
+	MAC string     // lowercase colon form
+	IP  netip.Addr // fixed address handed out by DHCP; zero = none (dynamic)
+}
 
 // enlistLockSpace is the first key of the per-MAC transaction advisory locks
 // that serialise concurrent enlistments of the same MAC.
@@ -185,7 +201,11 @@ const machineSelect = `
 		m.cpu_count, m.memory_mb, m.created,
 		ARRAY(SELECT i.mac::text FROM interfaces i WHERE i.system_id = m.system_id
 			ORDER BY i.id = m.boot_interface_id DESC NULLS LAST, i.id),
-		COALESCE((SELECT i.mac::text FROM interfaces i WHERE i.id = m.boot_interface_id), '')
+		ARRAY(SELECT COALESCE(host(i.ip), '') FROM interfaces i WHERE i.system_id = m.system_id
+			ORDER BY i.id = m.boot_interface_id DESC NULLS LAST, i.id),
+		COALESCE((SELECT i.mac::text FROM interfaces i WHERE i.id = m.boot_interface_id), ''),
+		m.netboot, COALESCE(m.deploy_image, ''), COALESCE(m.owner, ''), m.previous_status, m.error_description,
+		m.status_expires
 	FROM machines m `
 
 func (s *Store) machines(ctx context.Context, where string, args ...any) ([]Machine, error) {
@@ -197,13 +217,36 @@ func (s *Store) machines(ctx context.Context, where string, args ...any) ([]Mach
 	out := []Machine{}
 	for rows.Next() {
 		var m Machine
+		var ips []string
+		var expires *time.Time
 		if err := rows.Scan(&m.SystemID, &m.Hostname, &m.Status, &m.Arch, &m.HardwareUUID,
-			&m.CPUCount, &m.MemoryMB, &m.Created, &m.MACs, &m.BootMAC); err != nil {
+			&m.CPUCount, &m.MemoryMB, &m.Created, &m.MACs, &ips, &m.BootMAC,
+			&m.Netboot, &m.DeployImage, &m.Owner, &m.PreviousStatus, &m.ErrorDescription, &expires); err != nil {
 			return nil, err
+		}
+		if expires != nil {
+			m.StatusExpires = *expires
+		}
+		if len(ips) != len(m.MACs) {
+			return nil, fmt.Errorf("machine %s: %d MACs but %d addresses", m.SystemID, len(m.MACs), len(ips))
+		}
+		m.Interfaces = make([]Interface, len(m.MACs))
+		for i, mac := range m.MACs {
+			m.Interfaces[i].MAC = mac
+			if ips[i] != "" {
+				a, err := netip.ParseAddr(ips[i])
+				if err != nil {
+					return nil, fmt.Errorf("machine %s interface %s: %w", m.SystemID, mac, err)
+				}
+				m.Interfaces[i].IP = a
+			}
 		}
 		out = append(out, m)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, s.fillPower(ctx, out)
 }
 
 func (s *Store) oneMachine(ctx context.Context, what, where string, args ...any) (Machine, error) {

@@ -4,8 +4,9 @@
 //
 // Open applies the schema (migrations/, with tern under an advisory lock, so
 // several regions may start at once) and then serves from a pgxpool. Writes
-// that racks must learn about (subnets, boot resources, config) NOTIFY
-// ChannelRackConfig inside their transaction; WaitForChanges listens for them.
+// that racks must learn about (subnets, boot resources, config, interface
+// addresses) NOTIFY ChannelRackConfig inside their transaction;
+// WaitForChanges listens for them.
 package store
 
 import (
@@ -31,8 +32,9 @@ var (
 )
 
 // ChannelRackConfig is the NOTIFY channel for changes racks must learn:
-// subnets, boot resources and config. The payload names what changed
-// ("subnets", "boot_resources" or "config") and is informational only.
+// subnets, boot resources, config and interface addresses (reservations).
+// The payload names what changed ("subnets", "boot_resources", "config" or
+// "interfaces") and is informational only.
 const ChannelRackConfig = "ferrite_rack_config"
 
 // Store is the region database. Safe for concurrent use.

@@ -801,8 +801,11 @@ func TestEnlistMachine(t *testing.T) {
 		SystemID: m.SystemID, Hostname: "ferrite-" + m.SystemID, Status: "New", Arch: "amd64/generic",
 		HardwareUUID: "abcdef00-0000-0000-0000-000000000001", CPUCount: 2, MemoryMB: 2048,
 		MACs: []string{"52:54:00:00:00:02", "52:54:00:00:00:01"}, BootMAC: "52:54:00:00:00:02", Created: m.Created,
+		Interfaces:   []store.Interface{{MAC: "52:54:00:00:00:02"}, {MAC: "52:54:00:00:00:01"}},
+		MachinePower: store.MachinePower{PowerParams: map[string]string{}, PowerState: "unknown"},
+		Netboot:      true,
 	}
-	if diff := cmp.Diff(want, m); diff != "" {
+	if diff := cmp.Diff(want, m, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("EnlistMachine (-want +got):\n%s", diff)
 	}
 
