@@ -23,38 +23,12 @@ func (c *Client) UploadImage(ctx context.Context, name, arch string, kernel, ini
 	if kernel == nil || initrd == nil {
 		return Image{}, errors.New("upload image: kernel and initrd are required")
 	}
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(nil, "images"), pr)
+	write := func(mw *multipart.Writer) error { return writeImageForm(mw, name, arch, kernel, initrd) }
+	img, err := c.postMultipart(ctx, write)
 	if err != nil {
-		return Image{}, fmt.Errorf("upload image %s: build request: %w", name, err)
-	}
-	req.Header.Set("Content-Type", mw.FormDataContentType())
-
-	writeErr := make(chan error, 1)
-	go func() {
-		err := writeImageForm(mw, name, arch, kernel, initrd)
-		// Ends the body for the transport: EOF on success, err otherwise.
-		pw.CloseWithError(err)
-		writeErr <- err
-	}()
-
-	var out Image
-	err = c.do(req, &out)
-	// Unblock the writer if the transport stopped reading early (an error
-	// answer before the whole body was sent, a cancelled context, ...).
-	pr.CloseWithError(errUploadStopped)
-	werr := <-writeErr
-	if err != nil {
-		var rerr *readError
-		if errors.As(werr, &rerr) {
-			// The transport failed because a file could not be read: say so plainly.
-			return Image{}, fmt.Errorf("upload image %s: %w", name, rerr)
-		}
 		return Image{}, fmt.Errorf("upload image %s: %w", name, err)
 	}
-	return out, nil
+	return img, nil
 }
 
 var errUploadStopped = errors.New("upload stopped")
@@ -170,16 +144,20 @@ func (c *Client) postMultipart(ctx context.Context, write func(*multipart.Writer
 	writeErr := make(chan error, 1)
 	go func() {
 		err := write(mw)
+		// Ends the body for the transport: EOF on success, err otherwise.
 		pw.CloseWithError(err)
 		writeErr <- err
 	}()
 	var out Image
 	err = c.do(req, &out)
+	// Unblock the writer if the transport stopped reading early (an error
+	// answer before the whole body was sent, a cancelled context, ...).
 	pr.CloseWithError(errUploadStopped)
 	werr := <-writeErr
 	if err != nil {
 		var rerr *readError
 		if errors.As(werr, &rerr) {
+			// The transport failed because a file could not be read: say so plainly.
 			return Image{}, rerr
 		}
 		return Image{}, err

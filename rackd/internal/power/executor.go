@@ -152,18 +152,19 @@ func (e *Executor) worker(systemID string) {
 	}
 }
 
-// finish reports res, records its event and forgets its id.
+// finish records res's event, reports it and forgets its id.
 func (e *Executor) finish(res Result) {
 	budget := 2 * time.Minute
 	if e.base.Err() != nil {
 		budget = 3 * time.Second // stopping: one quick try
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.base), budget)
-	e.report(ctx, res)
-	cancel()
+	// The event first: whoever learns the result can then find its event.
 	if e.opts.Events != nil {
 		e.opts.Events.Record(res.EventType(), "", "", res.EventDescription())
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.base), budget)
+	e.report(ctx, res)
+	cancel()
 	log := e.log.With(zap.Int64("id", res.ID), zap.String("system_id", res.SystemID),
 		zap.String("power_type", res.PowerType), zap.String("action", res.Action), zap.Duration("took", res.Duration))
 	if res.OK {

@@ -53,6 +53,32 @@ func noArgs(args []string) error {
 	return nil
 }
 
+// listCommand is the action of a command that takes no arguments and prints
+// the list fetch returns (fetch is a Client method, e.g. (*apiclient.Client).ListRacks).
+func listCommand[T any](fs *flag.FlagSet, fetch func(*apiclient.Client, context.Context) ([]T, error), table func([]T) func(io.Writer)) action {
+	out := outputFlag(fs)
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		return printList(ctx, a, *out, fetch, table)
+	}
+}
+
+// printList fetches a list with the logged-in client and prints it as a
+// table, or with -o json as a JSON array ([] when empty).
+func printList[T any](ctx context.Context, a *app, out outputFormat, fetch func(*apiclient.Client, context.Context) ([]T, error), table func([]T) func(io.Writer)) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	items, err := fetch(c, ctx)
+	if err != nil {
+		return err
+	}
+	return emit(a.stdout, out, nonNil(items), table(items))
+}
+
 func setupLogin(fs *flag.FlagSet) action {
 	url := fs.String("url", "", "region `URL`, e.g. http://10.0.0.1:5240")
 	token := fs.String("token", "", "API `TOKEN` (regiond init writes the admin token to STATE_DIR/admin-token)")
@@ -102,29 +128,19 @@ func setupLogin(fs *flag.FlagSet) action {
 }
 
 func setupRacksList(fs *flag.FlagSet) action {
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if err := noArgs(args); err != nil {
-			return err
-		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		racks, err := c.ListRacks(ctx)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(racks), func(w io.Writer) {
-			header(w, "ID", "NAME", "VERSION", "LAST SEEN", "INTERFACES")
-			for _, r := range racks {
-				ifaces := make([]string, len(r.Interfaces))
-				for i, in := range r.Interfaces {
-					ifaces[i] = strings.TrimSpace(in.Name + " " + strings.Join(in.Addresses, ","))
-				}
-				row(w, r.ID, r.Name, r.Version, when(r.LastSeen), strings.Join(ifaces, "; "))
+	return listCommand(fs, (*apiclient.Client).ListRacks, rackTable)
+}
+
+func rackTable(racks []apiclient.Rack) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "ID", "NAME", "VERSION", "LAST SEEN", "INTERFACES")
+		for _, r := range racks {
+			ifaces := make([]string, len(r.Interfaces))
+			for i, in := range r.Interfaces {
+				ifaces[i] = strings.TrimSpace(in.Name + " " + strings.Join(in.Addresses, ","))
 			}
-		})
+			row(w, r.ID, r.Name, r.Version, when(r.LastSeen), strings.Join(ifaces, "; "))
+		}
 	}
 }
 
@@ -187,21 +203,7 @@ func setupSubnetsCreate(fs *flag.FlagSet) action {
 }
 
 func setupSubnetsList(fs *flag.FlagSet) action {
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if err := noArgs(args); err != nil {
-			return err
-		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		subnets, err := c.ListSubnets(ctx)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(subnets), subnetTable(subnets))
-	}
+	return listCommand(fs, (*apiclient.Client).ListSubnets, subnetTable)
 }
 
 func imageTable(images []apiclient.Image) func(io.Writer) {
@@ -312,21 +314,7 @@ func openRegular(path string) (*os.File, error) {
 }
 
 func setupImagesList(fs *flag.FlagSet) action {
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if err := noArgs(args); err != nil {
-			return err
-		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		images, err := c.ListImages(ctx)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(images), imageTable(images))
-	}
+	return listCommand(fs, (*apiclient.Client).ListImages, imageTable)
 }
 
 func setupConfigSet(fs *flag.FlagSet) action {
@@ -387,26 +375,16 @@ func setupConfigGet(fs *flag.FlagSet) action {
 }
 
 func setupMachinesList(fs *flag.FlagSet) action {
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if err := noArgs(args); err != nil {
-			return err
+	return listCommand(fs, (*apiclient.Client).ListMachines, machineTable)
+}
+
+func machineTable(machines []apiclient.Machine) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "SYSTEM ID", "HOSTNAME", "STATUS", "ARCH", "CPUS", "MEMORY", "MACS")
+		for _, m := range machines {
+			row(w, m.SystemID, m.Hostname, m.Status, m.Architecture, strconv.Itoa(m.CPUCount),
+				fmt.Sprintf("%d MiB", m.MemoryMB), strings.Join(m.MACAddresses, ","))
 		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		machines, err := c.ListMachines(ctx)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(machines), func(w io.Writer) {
-			header(w, "SYSTEM ID", "HOSTNAME", "STATUS", "ARCH", "CPUS", "MEMORY", "MACS")
-			for _, m := range machines {
-				row(w, m.SystemID, m.Hostname, m.Status, m.Architecture, strconv.Itoa(m.CPUCount),
-					fmt.Sprintf("%d MiB", m.MemoryMB), strings.Join(m.MACAddresses, ","))
-			}
-		})
 	}
 }
 
@@ -530,20 +508,17 @@ func setupEventsList(fs *flag.FlagSet) action {
 		if err := errors.Join(errs...); err != nil {
 			return usageError{err}
 		}
-		c, err := a.client()
-		if err != nil {
-			return err
+		fetch := func(c *apiclient.Client, ctx context.Context) ([]apiclient.Event, error) { return c.ListEvents(ctx, f) }
+		return printList(ctx, a, *out, fetch, eventTable)
+	}
+}
+
+func eventTable(events []apiclient.Event) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "TIME", "TYPE", "SYSTEM ID", "MAC", "IP", "RACK", "DESCRIPTION")
+		for _, e := range events {
+			row(w, when(e.Time), e.Type, e.SystemID, e.MAC, e.IP, e.Rack, e.Description)
 		}
-		events, err := c.ListEvents(ctx, f)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(events), func(w io.Writer) {
-			header(w, "TIME", "TYPE", "SYSTEM ID", "MAC", "IP", "RACK", "DESCRIPTION")
-			for _, e := range events {
-				row(w, when(e.Time), e.Type, e.SystemID, e.MAC, e.IP, e.Rack, e.Description)
-			}
-		})
 	}
 }
 
@@ -573,19 +548,16 @@ func setupLeasesList(fs *flag.FlagSet) action {
 		if err := errors.Join(errs...); err != nil {
 			return usageError{err}
 		}
-		c, err := a.client()
-		if err != nil {
-			return err
+		fetch := func(c *apiclient.Client, ctx context.Context) ([]apiclient.Lease, error) { return c.ListLeases(ctx, f) }
+		return printList(ctx, a, *out, fetch, leaseTable)
+	}
+}
+
+func leaseTable(leases []apiclient.Lease) func(io.Writer) {
+	return func(w io.Writer) {
+		header(w, "IP", "MAC", "HOSTNAME", "STATE", "EXPIRES", "RACK")
+		for _, l := range leases {
+			row(w, l.IP.String(), l.MAC, l.Hostname, l.State, when(l.Expires), l.Rack)
 		}
-		leases, err := c.ListLeases(ctx, f)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, nonNil(leases), func(w io.Writer) {
-			header(w, "IP", "MAC", "HOSTNAME", "STATE", "EXPIRES", "RACK")
-			for _, l := range leases {
-				row(w, l.IP.String(), l.MAC, l.Hostname, l.State, when(l.Expires), l.Rack)
-			}
-		})
 	}
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -38,21 +39,32 @@ type rackJSON struct {
 	Interfaces []rackInterfaceJSON `json:"interfaces"`
 }
 
-func (s *Server) listRacks(w http.ResponseWriter, r *http.Request) {
-	racks, err := s.store.ListRacks(r.Context())
+// listJSON answers a list from the store, each item in its JSON form ([]
+// when there are none); what names the operation, e.g. "list racks".
+func listJSON[T, J any](s *Server, w http.ResponseWriter, r *http.Request, what string,
+	list func(context.Context) ([]T, error), toJSON func(T) J) {
+	items, err := list(r.Context())
 	if err != nil {
-		s.storeError(w, r, "list racks", err)
+		s.storeError(w, r, what, err)
 		return
 	}
-	out := make([]rackJSON, 0, len(racks))
-	for _, rk := range racks {
-		j := rackJSON{ID: rk.ID, Name: rk.Name, Version: rk.Version, LastSeen: rfc3339(rk.LastSeen), Interfaces: []rackInterfaceJSON{}}
-		for _, i := range rk.Interfaces {
-			j.Interfaces = append(j.Interfaces, rackInterfaceJSON{Name: i.Name, MAC: i.MAC, Addresses: nonNil(i.Addresses)})
-		}
-		out = append(out, j)
+	out := make([]J, 0, len(items))
+	for _, it := range items {
+		out = append(out, toJSON(it))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func rackOut(rk store.Rack) rackJSON {
+	j := rackJSON{ID: rk.ID, Name: rk.Name, Version: rk.Version, LastSeen: rfc3339(rk.LastSeen), Interfaces: []rackInterfaceJSON{}}
+	for _, i := range rk.Interfaces {
+		j.Interfaces = append(j.Interfaces, rackInterfaceJSON{Name: i.Name, MAC: i.MAC, Addresses: nonNil(i.Addresses)})
+	}
+	return j
+}
+
+func (s *Server) listRacks(w http.ResponseWriter, r *http.Request) {
+	listJSON(s, w, r, "list racks", s.store.ListRacks, rackOut)
 }
 
 type rangeJSON struct {
@@ -94,16 +106,7 @@ func subnetOut(sn store.Subnet) subnetJSON {
 }
 
 func (s *Server) listSubnets(w http.ResponseWriter, r *http.Request) {
-	sns, err := s.store.ListSubnets(r.Context())
-	if err != nil {
-		s.storeError(w, r, "list subnets", err)
-		return
-	}
-	out := make([]subnetJSON, 0, len(sns))
-	for _, sn := range sns {
-		out = append(out, subnetOut(sn))
-	}
-	writeJSON(w, http.StatusOK, out)
+	listJSON(s, w, r, "list subnets", s.store.ListSubnets, subnetOut)
 }
 
 type createSubnetRequest struct {
@@ -345,16 +348,7 @@ func machineOut(m store.Machine) machineJSON {
 }
 
 func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
-	ms, err := s.store.ListMachines(r.Context())
-	if err != nil {
-		s.storeError(w, r, "list machines", err)
-		return
-	}
-	out := make([]machineJSON, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, machineOut(m))
-	}
-	writeJSON(w, http.StatusOK, out)
+	listJSON(s, w, r, "list machines", s.store.ListMachines, machineOut)
 }
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
@@ -484,17 +478,13 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "))
 		return
 	}
-	evs, err := s.store.ListEvents(r.Context(), f)
-	if err != nil {
-		s.storeError(w, r, "list events", err)
-		return
-	}
-	out := make([]eventJSON, 0, len(evs))
-	for _, e := range evs {
-		out = append(out, eventJSON{ID: e.ID, Time: e.Time.UTC().Format(time.RFC3339Nano), Type: e.Type,
-			SystemID: e.SystemID, MAC: e.MAC, IP: e.IP, Rack: e.Rack, Description: e.Description})
-	}
-	writeJSON(w, http.StatusOK, out)
+	list := func(ctx context.Context) ([]store.Event, error) { return s.store.ListEvents(ctx, f) }
+	listJSON(s, w, r, "list events", list, eventOut)
+}
+
+func eventOut(e store.Event) eventJSON {
+	return eventJSON{ID: e.ID, Time: e.Time.UTC().Format(time.RFC3339Nano), Type: e.Type,
+		SystemID: e.SystemID, MAC: e.MAC, IP: e.IP, Rack: e.Rack, Description: e.Description}
 }
 
 func rfc3339(t time.Time) string {
