@@ -5,7 +5,7 @@
 #
 # The kernel is Debian's linux-image-<ver>-amd64 for the running distribution, fetched with
 # `apt-get download` and unpacked with `dpkg -x` (never installed). The initramfs holds static
-# busybox, the NIC modules the kernel needs, ephemeral/initramfs/{init,udhcpc.script} and the
+# busybox, the NIC and disk modules the kernel needs, ephemeral/initramfs/{init,udhcpc.script} and the
 # Ferrite agent (built here from ./ephemeral/agent). Downloads are cached in OUTDIR/.cache, so
 # reruns only rebuild the agent and repack the initramfs.
 #
@@ -29,6 +29,9 @@ gobin=${GO:-go}
 # Modules for the NICs the image can use. virtio_net does not depend on virtio_pci, so the
 # PCI transport is listed explicitly. The physical NIC drivers are the common ones on servers.
 nic_modules=(virtio_pci virtio_net e1000 e1000e igb ixgbe tg3 bnxt_en r8169)
+# Modules for the disks that commissioning reports and deploy writes to: virtio (vd*), virtio
+# SCSI, SATA/AHCI and USB-less SCSI disks (sd*), NVMe.
+disk_modules=(virtio_blk virtio_scsi sd_mod ahci nvme)
 
 # --- host tools -------------------------------------------------------------------------------
 need() { # need COMMAND PACKAGE
@@ -119,7 +122,7 @@ echo "$kver" >"$rootfs/etc/ferrite/kernel-version"
 order="$rootfs/etc/ferrite/modules"
 : >"$order"
 declare -A seen=()
-for m in "${nic_modules[@]}"; do
+for m in "${nic_modules[@]}" "${disk_modules[@]}"; do
 	deps=$(modprobe -d "$kroot" -S "$kver" --show-depends "$m") ||
 		die "modprobe --show-depends $m failed for kernel $kver"
 	while read -r kind path _; do

@@ -26,6 +26,7 @@ type Config struct {
 	CloudConfigURL string        // overrides cloud-config-url= from the kernel command line
 	RetryFor       time.Duration // how long to keep retrying a request (about 60 s)
 	RetryDelay     time.Duration // first pause between attempts, doubled up to maxRetryDelay; 0 means 1 s
+	RescueShell    string        // command run (and rerun) on the console in rescue mode; "" to just wait
 }
 
 const (
@@ -45,7 +46,10 @@ type Agent struct {
 	log    *zap.Logger
 	power  Power
 	client *http.Client
-	goarch string
+	// downloader fetches images: no overall timeout, since an image takes minutes.
+	downloader *http.Client
+	goarch     string
+	now        func() time.Time
 	// condition runs a power_state condition; an error means "not met".
 	condition func(ctx context.Context, shellCommand string) error
 }
@@ -63,7 +67,13 @@ func New(cfg Config, log *zap.Logger, power Power) *Agent {
 		log:    log,
 		power:  power,
 		client: &http.Client{Timeout: requestTimeout},
+		downloader: &http.Client{Transport: &http.Transport{
+			Proxy:                 nil, // the rack's cache is on the machine's own network
+			ResponseHeaderTimeout: requestTimeout,
+			IdleConnTimeout:       90 * time.Second,
+		}},
 		goarch: runtime.GOARCH,
+		now:    time.Now,
 		condition: func(ctx context.Context, shellCommand string) error {
 			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
@@ -131,13 +141,15 @@ func (a *Agent) run(ctx context.Context) error {
 			return err
 		}
 		return a.obeyPowerState(ctx, doc.PowerState)
+	case preseed.JobCommission, preseed.JobDeploy, preseed.JobRescue:
+		return a.runMetadataJob(ctx, doc)
 	case "poweroff":
 		a.log.Info("job poweroff: powering off")
 		return a.setPower("poweroff")
 	case "":
 		return fmt.Errorf("the cloud-config from %s names no ferrite job", configURL)
 	default:
-		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist and poweroff)", doc.Ferrite.Job, configURL)
+		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist, commission, deploy, rescue and poweroff)", doc.Ferrite.Job, configURL)
 	}
 }
 

@@ -172,3 +172,222 @@ func readProductUUID(root string) (string, error) {
 	}
 	return u, nil
 }
+
+// Inventory is what commissioning reports as inventory.json (contract: "Inventory JSON").
+type Inventory struct {
+	CPU      CPUInfo `json:"cpu"`
+	MemoryMB int64   `json:"memory_mb"`
+	Disks    []Disk  `json:"disks"`
+	NICs     []NIC   `json:"nics"`
+	DMI      DMI     `json:"dmi"`
+	Firmware string  `json:"firmware"` // "bios" or "uefi"
+}
+
+// CPUInfo is the processor model and the number of online CPUs.
+type CPUInfo struct {
+	Model string `json:"model"`
+	Count int    `json:"count"`
+}
+
+// Disk is one physical disk of /sys/block.
+type Disk struct {
+	Name      string `json:"name"` // vda, sda, nvme0n1
+	SizeBytes int64  `json:"size_bytes"`
+	Model     string `json:"model"`
+	Serial    string `json:"serial"`
+	Removable bool   `json:"removable"`
+}
+
+// NIC is one Ethernet interface of /sys/class/net.
+type NIC struct {
+	Name   string `json:"name"`
+	MAC    string `json:"mac"`
+	Driver string `json:"driver"` // "" for virtual interfaces
+	Link   bool   `json:"link"`   // carrier (or operstate up)
+}
+
+// DMI is the system's SMBIOS identity; empty strings where the machine has none.
+type DMI struct {
+	Vendor  string `json:"vendor"`
+	Product string `json:"product"`
+	Serial  string `json:"serial"`
+	UUID    string `json:"uuid"`
+}
+
+// gatherFullInventory reads the commissioning inventory from the proc and sys trees under
+// root. It gathers what it can: the problems come back joined in err beside the inventory,
+// whose fields stay zero where reading failed.
+func gatherFullInventory(root string) (Inventory, error) {
+	inv := Inventory{Disks: []Disk{}, NICs: []NIC{}, Firmware: "bios"}
+	var errs []error
+	var err error
+
+	if inv.CPU.Count, err = readCPUCount(root); err != nil {
+		errs = append(errs, err)
+	}
+	if inv.CPU.Model, err = readCPUModel(root); err != nil {
+		errs = append(errs, err)
+	}
+	if meminfo, err := os.ReadFile(filepath.Join(root, "proc/meminfo")); err != nil {
+		errs = append(errs, fmt.Errorf("read memory size: %w", err))
+	} else if inv.MemoryMB, err = parseMemTotalMiB(meminfo); err != nil {
+		errs = append(errs, err)
+	}
+	if inv.Disks, err = readDisks(root); err != nil {
+		errs = append(errs, err)
+	}
+	if inv.NICs, err = readNICs(root); err != nil {
+		errs = append(errs, err)
+	}
+	inv.DMI.Vendor = readSysString(root, "sys/class/dmi/id/sys_vendor")
+	inv.DMI.Product = readSysString(root, "sys/class/dmi/id/product_name")
+	inv.DMI.Serial = readSysString(root, "sys/class/dmi/id/product_serial")
+	if inv.DMI.UUID, err = readProductUUID(root); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "sys/firmware/efi")); err == nil {
+		inv.Firmware = "uefi"
+	}
+	return inv, errors.Join(errs...)
+}
+
+// readSysString returns a trimmed sysfs attribute, or "" when it is missing or unreadable
+// (DMI serials are root-only on some kernels; an absent attribute is not an error).
+func readSysString(root, rel string) string {
+	b, err := os.ReadFile(filepath.Join(root, rel))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(strings.ToValidUTF8(string(b), ""))
+}
+
+// readCPUModel returns the first "model name" of /proc/cpuinfo (x86), or another line naming
+// the processor on other architectures, or "" when there is none.
+func readCPUModel(root string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(root, "proc/cpuinfo"))
+	if err != nil {
+		return "", fmt.Errorf("read CPU model: %w", err)
+	}
+	fallback := ""
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		key, value, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+		switch key {
+		case "model name":
+			return value, nil
+		case "Processor", "cpu model", "uarch":
+			if fallback == "" {
+				fallback = value
+			}
+		}
+	}
+	return fallback, nil
+}
+
+// isPhysicalDisk keeps the block devices an OS can be written to: virtio (vd*), SCSI/SATA/USB
+// (sd*), IDE (hd*), Xen (xvd*), NVMe namespaces (nvme0n1, not their partitions nor the
+// controller) and MMC (mmcblk0, not its boot areas). Loop, RAM, zram, CD-ROM (sr*),
+// device-mapper, MD RAID and NBD devices are not disks.
+func isPhysicalDisk(name string) bool {
+	for _, p := range []string{"vd", "sd", "hd", "xvd"} {
+		if rest, ok := strings.CutPrefix(name, p); ok && rest != "" && isLower(rest) {
+			return true
+		}
+	}
+	if rest, ok := strings.CutPrefix(name, "nvme"); ok {
+		ctrl, ns, ok := strings.Cut(rest, "n")
+		return ok && isDigits(ctrl) && isDigits(ns)
+	}
+	if rest, ok := strings.CutPrefix(name, "mmcblk"); ok {
+		return isDigits(rest)
+	}
+	return false
+}
+
+func isLower(s string) bool {
+	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyz") == ""
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
+// readDisks lists the physical disks of /sys/block with a non-zero size, in name order.
+func readDisks(root string) ([]Disk, error) {
+	dir := filepath.Join(root, "sys/block")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return []Disk{}, fmt.Errorf("list disks: %w", err)
+	}
+	disks := []Disk{}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if !isPhysicalDisk(name) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name, "size"))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read size of disk %s: %w", name, err))
+			continue
+		}
+		sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || sectors < 0 {
+			errs = append(errs, fmt.Errorf("size of disk %s: %q is not a number of sectors", name, strings.TrimSpace(string(b))))
+			continue
+		}
+		if sectors == 0 {
+			continue // an empty card reader or a detached virtual disk
+		}
+		d := Disk{
+			Name:      name,
+			SizeBytes: sectors * 512, // /sys/block/X/size counts 512-byte sectors whatever the block size
+			Model:     readSysString(root, filepath.Join("sys/block", name, "device/model")),
+			Serial:    readSysString(root, filepath.Join("sys/block", name, "device/serial")),
+			Removable: readSysString(root, filepath.Join("sys/block", name, "removable")) == "1",
+		}
+		if d.Serial == "" {
+			d.Serial = readSysString(root, filepath.Join("sys/block", name, "serial")) // virtio_blk
+		}
+		disks = append(disks, d)
+	}
+	return disks, errors.Join(errs...)
+}
+
+// readNICs lists the interfaces of /sys/class/net with an Ethernet MAC (the rules of readMACs),
+// in name order, with the driver bound to the device and whether the link is up.
+func readNICs(root string) ([]NIC, error) {
+	dir := filepath.Join(root, "sys/class/net")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return []NIC{}, fmt.Errorf("list network interfaces: %w", err)
+	}
+	nics := []NIC{}
+	for _, e := range entries {
+		name := e.Name()
+		if name == "lo" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name, "address"))
+		if err != nil {
+			continue // not an interface (bonding_masters), or one without an address
+		}
+		hw, err := net.ParseMAC(strings.TrimSpace(string(b)))
+		if err != nil || len(hw) != 6 || bytes.Equal(hw, make(net.HardwareAddr, 6)) {
+			continue
+		}
+		nic := NIC{Name: name, MAC: hw.String()}
+		if target, err := os.Readlink(filepath.Join(dir, name, "device/driver")); err == nil {
+			nic.Driver = filepath.Base(target)
+		}
+		// carrier is unreadable (EINVAL) while the interface is down.
+		carrier := readSysString(root, filepath.Join("sys/class/net", name, "carrier"))
+		nic.Link = carrier == "1" || (carrier == "" && readSysString(root, filepath.Join("sys/class/net", name, "operstate")) == "up")
+		nics = append(nics, nic)
+	}
+	return nics, nil
+}

@@ -1,6 +1,7 @@
 // Command ferrite-agent is Ferrite's agent in the ephemeral image. It runs as the last step of
 // the initramfs /init (usually as PID 1), fetches its instructions from the cloud-config-url=
-// on the kernel command line and does the job they name: enlist the machine, or power off.
+// on the kernel command line and does the job they name: enlist, commission (report the inventory), deploy (write a raw
+// disk image and verify it), rescue (stay up with a shell on the console), or power off.
 package main
 
 import (
@@ -21,6 +22,11 @@ func main() {
 	flag.StringVar(&cfg.Root, "root", "/", "filesystem root holding proc/ and sys/ (for debugging on another tree)")
 	flag.StringVar(&cfg.CloudConfigURL, "cloud-config-url", "", "fetch the cloud-config from this URL instead of the kernel command line's cloud-config-url=")
 	flag.DurationVar(&cfg.RetryFor, "retry-for", 60*time.Second, "how long to keep retrying the metadata and enlist requests")
+	rescueShell := ""
+	if os.Getpid() == 1 {
+		rescueShell = "/bin/cttyhack /bin/sh -l" // a shell with job control on the console
+	}
+	flag.StringVar(&cfg.RescueShell, "rescue-shell", rescueShell, "command run on the console in rescue mode (default when PID 1: a shell; empty: just wait)")
 	allowPower := flag.Bool("allow-power", os.Getpid() == 1, "really power off or reboot (default: only when running as PID 1)")
 	flag.Parse()
 	if flag.NArg() != 0 {

@@ -1,11 +1,13 @@
 // Package preseed renders and parses the cloud-config a booted machine
 // fetches from its cloud-config-url: Ferrite's instructions for the
-// ephemeral agent (which job to do, where to enlist), the rack's syslog
-// target and what to do with the power afterwards.
+// ephemeral agent (which job to do, where to enlist, which image to write),
+// the machine's metadata credentials (cloud-init's MAAS datasource and
+// reporting webhook), the rack's syslog target and what to do with the power
+// afterwards.
 //
 // The document is the line "#cloud-config" followed by one JSON object.
 // JSON is YAML, so cloud-init reads the same document: it acts on the keys it
-// knows (rsyslog, power_state) and ignores "ferrite". Render is used by the
+// knows (datasource, reporting, rsyslog, power_state) and ignores "ferrite". Render is used by the
 // region; Parse by the agent. Parse(Render(p)) gives back what Render wrote.
 package preseed
 
@@ -41,6 +43,27 @@ const (
 	Reboot   = "reboot"
 )
 
+// power_state timeouts in seconds (MAAS's compose_preseed): powering off
+// waits up to an hour, rebooting and the enlistment's power-off half that.
+const (
+	PowerOffTimeout       = 3600
+	RebootTimeout         = 1800
+	EnlistPowerOffTimeout = 1800
+)
+
+// PowerStateFor is the power_state mode of a job: commission, enlist and
+// poweroff power off, deploy reboots (into the written disk), rescue stays
+// up ("").
+func PowerStateFor(job string) string {
+	switch job {
+	case JobEnlist, JobCommission, JobPoweroff:
+		return PowerOff
+	case JobDeploy:
+		return Reboot
+	}
+	return ""
+}
+
 // DefaultLogPort is the rack's syslog port, used when LogHost is set and
 // LogPort is 0.
 const DefaultLogPort = 5247
@@ -53,23 +76,76 @@ type Params struct {
 	MetadataURL string // base metadata URL (later issues)
 	LogHost     string // rsyslog target; empty for none
 	LogPort     int    // 0 means DefaultLogPort when LogHost is set
-	PowerState  string // "poweroff", "reboot" or "" (stay up)
+	PowerState  string // "poweroff", "reboot" or "" (stay up); see PowerStateFor
+	// Credentials, when set, are the machine's metadata OAuth credentials:
+	// Render then writes datasource.MAAS (with MetadataURL) and
+	// reporting.maas (endpoint MetadataURL + "status/" + SystemID). All three
+	// or none; they need MetadataURL and SystemID.
+	Credentials *Credentials
+	// Deploy is the image the deploy job writes; required for it and refused
+	// for every other job.
+	Deploy *Deploy
+}
+
+// Credentials are OAuth 1.0 PLAINTEXT credentials with an empty consumer
+// secret, as MAAS hands them out.
+type Credentials struct {
+	ConsumerKey string `json:"consumer_key"`
+	TokenKey    string `json:"token_key"`
+	TokenSecret string `json:"token_secret"`
+}
+
+// Deploy tells the agent which raw disk image to write where.
+type Deploy struct {
+	ImageURL string `json:"image_url"` // the rack's copy: http://RACK:5248/images/<sha256>/root-dd
+	SHA256   string `json:"sha256"`    // lowercase hex of the whole image
+	Size     int64  `json:"size"`      // bytes
+	Disk     string `json:"disk"`      // "" = the first non-removable disk without partitions in use
 }
 
 // Document is a decoded cloud-config as Render writes it. Keys it does not
 // name are ignored by Parse.
 type Document struct {
 	Ferrite    Instructions `json:"ferrite"`
+	Datasource *Datasource  `json:"datasource,omitempty"`
+	Reporting  *Reporting   `json:"reporting,omitempty"`
 	Rsyslog    *Rsyslog     `json:"rsyslog,omitempty"`
 	PowerState *PowerState  `json:"power_state,omitempty"`
 }
 
+// Datasource is cloud-init's datasource configuration; Ferrite writes only
+// its MAAS datasource.
+type Datasource struct {
+	MAAS *MAASDatasource `json:"MAAS,omitempty"`
+}
+
+// MAASDatasource is where cloud-init's MAAS datasource reads meta-data and
+// user-data, and how it signs its requests.
+type MAASDatasource struct {
+	MetadataURL string `json:"metadata_url"`
+	Credentials
+}
+
+// Reporting is cloud-init's reporting configuration: Ferrite's "maas"
+// handler posts cloud-init's events to the metadata status webhook.
+type Reporting struct {
+	MAAS *Webhook `json:"maas,omitempty"`
+}
+
+// Webhook is a cloud-init webhook reporting handler with OAuth credentials.
+type Webhook struct {
+	Type     string `json:"type"` // "webhook"
+	Endpoint string `json:"endpoint"`
+	Credentials
+}
+
 // Instructions tell the ephemeral agent what to do.
 type Instructions struct {
-	Job         string `json:"job"`
-	SystemID    string `json:"system_id,omitempty"`
-	EnlistURL   string `json:"enlist_url,omitempty"`
-	MetadataURL string `json:"metadata_url,omitempty"`
+	Job         string  `json:"job"`
+	SystemID    string  `json:"system_id,omitempty"`
+	EnlistURL   string  `json:"enlist_url,omitempty"`
+	MetadataURL string  `json:"metadata_url,omitempty"`
+	Deploy      *Deploy `json:"deploy,omitempty"` // deploy job only
 }
 
 // Rsyslog is cloud-init's rsyslog module configuration. Remotes maps a name
@@ -100,7 +176,12 @@ func Render(p Params) ([]byte, error) {
 		SystemID:    p.SystemID,
 		EnlistURL:   p.EnlistURL,
 		MetadataURL: p.MetadataURL,
+		Deploy:      p.Deploy,
 	}}
+	if c := p.Credentials; c != nil {
+		doc.Datasource = &Datasource{MAAS: &MAASDatasource{MetadataURL: p.MetadataURL, Credentials: *c}}
+		doc.Reporting = &Reporting{MAAS: &Webhook{Type: "webhook", Endpoint: StatusURL(p.MetadataURL, p.SystemID), Credentials: *c}}
+	}
 	if p.LogHost != "" {
 		port := p.LogPort
 		if port == 0 {
@@ -111,9 +192,12 @@ func Render(p Params) ([]byte, error) {
 		}}
 	}
 	if p.PowerState != "" {
-		timeout := 1800
-		if p.Job == JobCommission && p.PowerState == PowerOff {
-			timeout = 3600
+		timeout := RebootTimeout
+		if p.PowerState == PowerOff {
+			timeout = PowerOffTimeout
+			if p.Job == JobEnlist {
+				timeout = EnlistPowerOffTimeout
+			}
 		}
 		doc.PowerState = &PowerState{
 			Delay:     "now",
@@ -123,6 +207,12 @@ func Render(p Params) ([]byte, error) {
 		}
 	}
 	return encode(doc)
+}
+
+// StatusURL is the cloud-init reporting endpoint of a machine under the
+// metadata URL: .../MAAS/metadata/status/<system_id>.
+func StatusURL(metadataURL, systemID string) string {
+	return strings.TrimSuffix(metadataURL, "/") + "/status/" + systemID
 }
 
 func encode(doc Document) ([]byte, error) {
@@ -148,6 +238,27 @@ func (p Params) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if c := p.Credentials; c != nil {
+		for _, f := range []struct{ name, value string }{
+			{"Credentials.ConsumerKey", c.ConsumerKey}, {"Credentials.TokenKey", c.TokenKey},
+			{"Credentials.TokenSecret", c.TokenSecret},
+		} {
+			if err := checkText(f.name, f.value); err != nil {
+				errs = append(errs, err)
+			} else if f.value == "" {
+				errs = append(errs, fieldErr(f.name, "", "required with Credentials"))
+			}
+		}
+	}
+	if d := p.Deploy; d != nil {
+		for _, f := range []struct{ name, value string }{
+			{"Deploy.ImageURL", d.ImageURL}, {"Deploy.SHA256", d.SHA256}, {"Deploy.Disk", d.Disk},
+		} {
+			if err := checkText(f.name, f.value); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
@@ -167,6 +278,36 @@ func (p Params) Validate() error {
 	if p.MetadataURL != "" {
 		if err := checkURL(p.MetadataURL); err != nil {
 			errs = append(errs, fieldErr("MetadataURL", p.MetadataURL, err.Error()))
+		}
+	}
+	if p.Credentials != nil {
+		if p.MetadataURL == "" {
+			errs = append(errs, fieldErr("MetadataURL", "", "required with Credentials"))
+		}
+		if p.SystemID == "" {
+			errs = append(errs, fieldErr("SystemID", "", "required with Credentials"))
+		} else if strings.ContainsAny(p.SystemID, "/?#%") || strings.ContainsFunc(p.SystemID, func(r rune) bool { return r <= ' ' }) {
+			errs = append(errs, fieldErr("SystemID", p.SystemID, "must not contain '/', '?', '#', '%' or spaces (it ends a URL)"))
+		}
+	}
+	switch {
+	case p.Job == JobDeploy && p.Deploy == nil:
+		errs = append(errs, fieldErr("Deploy", "", "required for job deploy"))
+	case p.Job != JobDeploy && p.Deploy != nil:
+		errs = append(errs, fieldErr("Deploy", p.Deploy.ImageURL, "only for job deploy"))
+	case p.Deploy != nil:
+		d := p.Deploy
+		if err := checkURL(d.ImageURL); err != nil {
+			errs = append(errs, fieldErr("Deploy.ImageURL", d.ImageURL, err.Error()))
+		}
+		if len(d.SHA256) != 64 || strings.ContainsFunc(d.SHA256, func(r rune) bool { return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') }) {
+			errs = append(errs, fieldErr("Deploy.SHA256", d.SHA256, "want 64 lowercase hex digits"))
+		}
+		if d.Size <= 0 {
+			errs = append(errs, fieldErr("Deploy.Size", strconv.FormatInt(d.Size, 10), "must be positive"))
+		}
+		if d.Disk != "" && (!strings.HasPrefix(d.Disk, "/dev/") || strings.ContainsAny(d.Disk, " \t")) {
+			errs = append(errs, fieldErr("Deploy.Disk", d.Disk, "want a /dev/ path or empty"))
 		}
 	}
 	if p.LogHost != "" {

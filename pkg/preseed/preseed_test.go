@@ -17,11 +17,24 @@ var update = flag.Bool("update", false, "rewrite testdata/golden files")
 // exampleParams are what the region renders for each job.
 var exampleParams = []Params{
 	{Job: JobEnlist, EnlistURL: "http://10.99.0.1:5248/MAAS/metadata/enlist", LogHost: "10.99.0.1", LogPort: 5247, PowerState: PowerOff},
-	{Job: JobCommission, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "10.99.0.1", LogPort: 5247, PowerState: PowerOff},
-	{Job: JobDeploy, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "10.99.0.1", PowerState: Reboot},
-	{Job: JobRescue, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "fd00::1", LogPort: 514},
-	{Job: JobPoweroff, SystemID: "abc123", PowerState: PowerOff},
+	{Job: JobCommission, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "10.99.0.1", LogPort: 5247,
+		PowerState: PowerStateFor(JobCommission), Credentials: &exampleCreds},
+	{Job: JobDeploy, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "10.99.0.1",
+		PowerState: PowerStateFor(JobDeploy), Credentials: &exampleCreds, Deploy: &exampleDeploy},
+	{Job: JobRescue, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "fd00::1", LogPort: 514,
+		PowerState: PowerStateFor(JobRescue), Credentials: &exampleCreds},
+	{Job: JobPoweroff, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/",
+		PowerState: PowerStateFor(JobPoweroff), Credentials: &exampleCreds},
 }
+
+var (
+	exampleCreds  = Credentials{ConsumerKey: "ck4abcdefghijklmno", TokenKey: "tk4abcdefghijklmno", TokenSecret: "ts4abcdefghijklmnopqrstuvwxyz012"}
+	exampleDeploy = Deploy{
+		ImageURL: "http://10.99.0.1:5248/images/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/root-dd",
+		SHA256:   "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+		Size:     2147483648,
+	}
+)
 
 func TestGolden(t *testing.T) {
 	for _, p := range exampleParams {
@@ -115,9 +128,11 @@ func TestRenderDocument(t *testing.T) {
 		},
 		{
 			name: "IPv6 log host is bracketed",
-			p:    Params{Job: JobDeploy, SystemID: "abc123", LogHost: "fd00::1", LogPort: 514, MetadataURL: "http://[fd00::1]:5248/MAAS/metadata/"},
+			p: Params{Job: JobDeploy, SystemID: "abc123", LogHost: "fd00::1", LogPort: 514, MetadataURL: "http://[fd00::1]:5248/MAAS/metadata/",
+				Deploy: &Deploy{ImageURL: "http://[fd00::1]:5248/images/x/root-dd", SHA256: strings.Repeat("a", 64), Size: 1, Disk: "/dev/vdb"}},
 			want: Document{
-				Ferrite: Instructions{Job: JobDeploy, SystemID: "abc123", MetadataURL: "http://[fd00::1]:5248/MAAS/metadata/"},
+				Ferrite: Instructions{Job: JobDeploy, SystemID: "abc123", MetadataURL: "http://[fd00::1]:5248/MAAS/metadata/",
+					Deploy: &Deploy{ImageURL: "http://[fd00::1]:5248/images/x/root-dd", SHA256: strings.Repeat("a", 64), Size: 1, Disk: "/dev/vdb"}},
 				Rsyslog: &Rsyslog{Remotes: map[string]string{"ferrite": "[fd00::1]:514"}},
 			},
 		},
@@ -125,6 +140,24 @@ func TestRenderDocument(t *testing.T) {
 			name: "stay up",
 			p:    Params{Job: JobPoweroff, SystemID: "abc123"},
 			want: Document{Ferrite: Instructions{Job: JobPoweroff, SystemID: "abc123"}},
+		},
+		{
+			name: "poweroff job waits an hour",
+			p:    Params{Job: JobPoweroff, SystemID: "abc123", PowerState: PowerStateFor(JobPoweroff)},
+			want: Document{
+				Ferrite:    Instructions{Job: JobPoweroff, SystemID: "abc123"},
+				PowerState: &PowerState{Delay: "now", Mode: PowerOff, Timeout: 3600, Condition: "test ! -e /tmp/block-poweroff"},
+			},
+		},
+		{
+			name: "credentials: datasource and reporting webhook",
+			p:    Params{Job: JobRescue, SystemID: "s1", MetadataURL: "http://r:5248/MAAS/metadata/", Credentials: &Credentials{"c", "t", "s"}},
+			want: Document{
+				Ferrite:    Instructions{Job: JobRescue, SystemID: "s1", MetadataURL: "http://r:5248/MAAS/metadata/"},
+				Datasource: &Datasource{MAAS: &MAASDatasource{MetadataURL: "http://r:5248/MAAS/metadata/", Credentials: Credentials{"c", "t", "s"}}},
+				Reporting: &Reporting{MAAS: &Webhook{Type: "webhook", Endpoint: "http://r:5248/MAAS/metadata/status/s1",
+					Credentials: Credentials{"c", "t", "s"}}},
+			},
 		},
 	}
 	for _, tt := range tests {
@@ -166,6 +199,15 @@ func paramsOf(t testing.TB, d Document) Params {
 	if d.PowerState != nil {
 		p.PowerState = d.PowerState.Mode
 	}
+	if d.Datasource != nil && d.Datasource.MAAS != nil {
+		c := d.Datasource.MAAS.Credentials
+		p.Credentials = &c
+		if d.Reporting == nil || d.Reporting.MAAS == nil || d.Reporting.MAAS.Credentials != c ||
+			d.Reporting.MAAS.Endpoint != StatusURL(p.MetadataURL, p.SystemID) || d.Datasource.MAAS.MetadataURL != p.MetadataURL {
+			t.Errorf("reporting and datasource disagree: %+v %+v", d.Datasource.MAAS, d.Reporting)
+		}
+	}
+	p.Deploy = d.Ferrite.Deploy
 	return p
 }
 
@@ -219,6 +261,18 @@ func TestRenderErrors(t *testing.T) {
 		{"log port out of range", Params{Job: JobPoweroff, LogHost: "r", LogPort: 65536}, []string{"LogPort"}},
 		{"unknown power state", Params{Job: JobPoweroff, PowerState: "halt"}, []string{"PowerState"}},
 		{"several problems", Params{Job: "x", LogPort: -1, PowerState: "halt"}, []string{"Job", "LogPort", "PowerState"}},
+		{"deploy without image", Params{Job: JobDeploy, SystemID: "a"}, []string{"Deploy"}},
+		{"image for commission", Params{Job: JobCommission, Deploy: &exampleDeploy}, []string{"Deploy"}},
+		{"bad image", Params{Job: JobDeploy, Deploy: &Deploy{ImageURL: "file:///x", SHA256: "ABC", Size: 0, Disk: "sda"}},
+			[]string{"Deploy.ImageURL", "Deploy.SHA256", "Deploy.Size", "Deploy.Disk"}},
+		{"credentials without metadata URL and system ID", Params{Job: JobCommission, Credentials: &exampleCreds},
+			[]string{"MetadataURL", "SystemID"}},
+		{"empty token secret", Params{Job: JobCommission, SystemID: "a", MetadataURL: "http://r/", Credentials: &Credentials{"c", "t", ""}},
+			[]string{"Credentials.TokenSecret"}},
+		{"system ID that would change the status URL", Params{Job: JobCommission, SystemID: "a/../b", MetadataURL: "http://r/", Credentials: &exampleCreds},
+			[]string{"SystemID"}},
+		{"newline in token", Params{Job: JobCommission, SystemID: "a", MetadataURL: "http://r/", Credentials: &Credentials{"c", "t\n", "s"}},
+			[]string{"Credentials.TokenKey"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,6 +302,7 @@ func TestParse(t *testing.T) {
 				"\"datasource\":{\"MAAS\":{}},\"power_state\":{\"delay\":\"now\",\"mode\":\"reboot\",\"timeout\":5}}\n",
 			want: Document{
 				Ferrite:    Instructions{Job: "enlist", EnlistURL: "http://r/e"},
+				Datasource: &Datasource{MAAS: &MAASDatasource{}},
 				PowerState: &PowerState{Delay: "now", Mode: "reboot", Timeout: 5},
 			},
 		},

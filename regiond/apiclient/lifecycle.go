@@ -20,6 +20,46 @@ type MachineLifecycle struct {
 	PreviousStatus   string    `json:"previous_status"`         // where abort, exit-rescue and mark-fixed return to
 	ErrorDescription string    `json:"error_description"`       // why it failed or was marked broken
 	StatusExpires    time.Time `json:"status_expires,omitzero"` // zero (absent) outside monitored states
+	// Commissioning inventory: the summary beside CPUCount and MemoryMB, and
+	// the whole inventory (nil before the machine was commissioned).
+	DiskCount    int        `json:"disk_count"`
+	StorageBytes int64      `json:"storage_bytes"`
+	Inventory    *Inventory `json:"inventory,omitempty"`
+}
+
+// Inventory is what the ephemeral agent found while commissioning.
+type Inventory struct {
+	CPU struct {
+		Model string `json:"model"`
+		Count int    `json:"count"`
+	} `json:"cpu"`
+	MemoryMB int64           `json:"memory_mb"`
+	Disks    []InventoryDisk `json:"disks"`
+	NICs     []InventoryNIC  `json:"nics"`
+	DMI      struct {
+		Vendor  string `json:"vendor"`
+		Product string `json:"product"`
+		Serial  string `json:"serial"`
+		UUID    string `json:"uuid"`
+	} `json:"dmi"`
+	Firmware string `json:"firmware"` // bios or uefi
+}
+
+// InventoryDisk is a disk of an Inventory.
+type InventoryDisk struct {
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	Model     string `json:"model"`
+	Serial    string `json:"serial"`
+	Removable bool   `json:"removable"`
+}
+
+// InventoryNIC is a network interface of an Inventory.
+type InventoryNIC struct {
+	Name   string `json:"name"`
+	MAC    string `json:"mac"`
+	Driver string `json:"driver"`
+	Link   bool   `json:"link"`
 }
 
 // MachineCreate is the body of POST /api/v1/machines: a machine added by hand.

@@ -149,6 +149,50 @@ func lifecycleDetails(w io.Writer, m apiclient.Machine) {
 	if m.Owner != "" {
 		row(w, "Owner:", m.Owner)
 	}
+	inventoryDetails(w, m)
+}
+
+// inventoryDetails prints what commissioning found: disks, NICs, DMI and
+// firmware (CPU count and memory are printed with the machine).
+func inventoryDetails(w io.Writer, m apiclient.Machine) {
+	if m.DiskCount > 0 || m.StorageBytes > 0 {
+		row(w, "Storage:", fmt.Sprintf("%d disk(s), %d bytes", m.DiskCount, m.StorageBytes))
+	}
+	inv := m.Inventory
+	if inv == nil {
+		return
+	}
+	if inv.CPU.Model != "" {
+		row(w, "CPU model:", inv.CPU.Model)
+	}
+	for i, d := range inv.Disks {
+		label := ""
+		if i == 0 {
+			label = "Disks:"
+		}
+		desc := fmt.Sprintf("%s\t%d bytes\t%s\t%s", cell(d.Name), d.SizeBytes, cell(d.Model), cell(d.Serial))
+		if d.Removable {
+			desc += "\tremovable"
+		}
+		io.WriteString(w, label+"\t"+desc+"\n")
+	}
+	for i, n := range inv.NICs {
+		label := ""
+		if i == 0 {
+			label = "NICs:"
+		}
+		link := "no link"
+		if n.Link {
+			link = "link"
+		}
+		io.WriteString(w, label+"\t"+cell(n.Name)+"\t"+cell(n.MAC)+"\t"+cell(n.Driver)+"\t"+link+"\n")
+	}
+	if d := inv.DMI; d.Vendor != "" || d.Product != "" || d.Serial != "" || d.UUID != "" {
+		row(w, "DMI:", strings.TrimSpace(strings.Join([]string{d.Vendor, d.Product, "serial " + cell(d.Serial), "uuid " + cell(d.UUID)}, " ")))
+	}
+	if inv.Firmware != "" {
+		row(w, "Firmware:", inv.Firmware)
+	}
 }
 
 // stringList is a repeatable string flag.

@@ -408,7 +408,9 @@ Created:        2000-01-01T00:00:03Z
   "deploy_image": "",
   "owner": "",
   "previous_status": "",
-  "error_description": ""
+  "error_description": "",
+  "disk_count": 0,
+  "storage_bytes": 0
 }
 `, ""},
 		},
@@ -481,7 +483,9 @@ Created:        2000-01-01T00:00:03Z
   "deploy_image": "",
   "owner": "",
   "previous_status": "",
-  "error_description": ""
+  "error_description": "",
+  "disk_count": 0,
+  "storage_bytes": 0
 }
 `, ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/machines/MACH01"}},

@@ -41,6 +41,7 @@ type Store interface {
 	ListLeases(ctx context.Context, f store.LeaseFilter) ([]store.Lease, error)
 	PowerStore     // power.go
 	lifecycleStore // machines_actions.go
+	metadataStore  // metadata_api.go
 }
 
 // Config configures the handlers.
@@ -123,13 +124,12 @@ func New(cfg Config) (*Server, error) {
 	// Machine- and rack-facing, anonymous.
 	mux.HandleFunc("GET /MAAS/rpc/{$}", s.rpcEndpoints)
 	mux.HandleFunc("GET /MAAS/rpc", s.rpcEndpoints)
-	mux.HandleFunc("GET /MAAS/metadata/latest/enlist-preseed/{$}", s.enlistPreseed)
-	mux.HandleFunc("GET /MAAS/metadata/latest/by-id/{id}/{$}", s.machinePreseed)
+	s.metadataRoutes(mux) // metadata_api.go: /MAAS/metadata/ (machines sign with OAuth; preseeds anonymous)
 	mux.HandleFunc("POST /MAAS/metadata/enlist", s.enlist)
 	mux.HandleFunc("POST /MAAS/metadata/enlist/{$}", s.enlist)
 	mux.HandleFunc("/MAAS/", s.noSuchEndpoint)
 	mux.Handle("GET /metrics", s.metrics)
-	s.handler = s.metrics.instrument(mux)
+	s.handler = collapseMetadataSlashes(s.metrics.instrument(mux))
 	return s, nil
 }
 

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,11 +30,21 @@ type lifecycleJSON struct {
 	PreviousStatus   string `json:"previous_status"`
 	ErrorDescription string `json:"error_description"`
 	StatusExpires    string `json:"status_expires,omitempty"` // RFC 3339; absent outside monitored states
+	// Commissioning inventory (metadata_signal.go): the summary beside
+	// cpu_count and memory_mb, and the agent's inventory.json as sent.
+	DiskCount    int             `json:"disk_count"`
+	StorageBytes int64           `json:"storage_bytes"`
+	Inventory    json.RawMessage `json:"inventory,omitempty"`
 }
 
 func lifecycleOut(m store.Machine) lifecycleJSON {
-	return lifecycleJSON{Netboot: m.Netboot, DeployImage: m.DeployImage, Owner: m.Owner,
-		PreviousStatus: m.PreviousStatus, ErrorDescription: m.ErrorDescription, StatusExpires: rfc3339(m.StatusExpires)}
+	j := lifecycleJSON{Netboot: m.Netboot, DeployImage: m.DeployImage, Owner: m.Owner,
+		PreviousStatus: m.PreviousStatus, ErrorDescription: m.ErrorDescription, StatusExpires: rfc3339(m.StatusExpires),
+		DiskCount: m.DiskCount, StorageBytes: m.StorageBytes}
+	if len(m.Inventory) > 0 && json.Valid(m.Inventory) { // checked on arrival; never emit broken JSON
+		j.Inventory = json.RawMessage(m.Inventory)
+	}
+	return j
 }
 
 // lifecycleRoutes adds POST /api/v1/machines (create), DELETE

@@ -109,7 +109,7 @@ func writeCloudConfig(w http.ResponseWriter, b []byte) {
 }
 
 // enlistPreseed answers
-// GET /MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed.
+// GET /MAAS/metadata/<v>/enlist-preseed/?op=get_enlist_preseed.
 func (s *Server) enlistPreseed(w http.ResponseWriter, r *http.Request) {
 	if op := r.URL.Query().Get("op"); op != "get_enlist_preseed" {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("op: want get_enlist_preseed, got %q", op))
@@ -123,7 +123,7 @@ func (s *Server) enlistPreseed(w http.ResponseWriter, r *http.Request) {
 	b, err := preseed.Render(preseed.Params{
 		Job:        "enlist",
 		EnlistURL:  "http://" + host + "/MAAS/metadata/enlist",
-		PowerState: "poweroff",
+		PowerState: preseed.PowerStateFor(preseed.JobEnlist),
 	})
 	if err != nil {
 		s.log.Error("render enlist preseed", zap.Error(err))
@@ -134,13 +134,14 @@ func (s *Server) enlistPreseed(w http.ResponseWriter, r *http.Request) {
 }
 
 // machinePreseed answers
-// GET /MAAS/metadata/latest/by-id/<system_id>/?op=get_preseed.
-func (s *Server) machinePreseed(w http.ResponseWriter, r *http.Request) {
+// GET /MAAS/metadata/<v>/by-id/<system_id>/?op=get_preseed, anonymously as
+// MAAS does: the cloud-config of the machine's job with its credentials
+// (metadata_api.go).
+func (s *Server) machinePreseed(w http.ResponseWriter, r *http.Request, id string) {
 	if op := r.URL.Query().Get("op"); op != "get_preseed" {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("op: want get_preseed, got %q", op))
 		return
 	}
-	id := r.PathValue("id")
 	m, err := s.store.Machine(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
@@ -150,10 +151,9 @@ func (s *Server) machinePreseed(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, "get machine", err)
 		return
 	}
-	b, err := preseed.Render(preseed.Params{Job: "poweroff", SystemID: m.SystemID, PowerState: "poweroff"})
+	b, err := s.machineCloudConfig(r, m)
 	if err != nil {
-		s.log.Error("render preseed", zap.String("system_id", m.SystemID), zap.Error(err))
-		writeError(w, http.StatusInternalServerError, "render preseed: "+err.Error())
+		s.cloudConfigError(w, r, m, err)
 		return
 	}
 	writeCloudConfig(w, b)

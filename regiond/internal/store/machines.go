@@ -34,6 +34,10 @@ type Machine struct {
 	PreviousStatus   string    // where abort, exit-rescue and mark-fixed return to
 	ErrorDescription string    // why it failed or was marked broken
 	StatusExpires    time.Time // zero outside monitored states
+	// Inventory summary of the last commissioning (metadata.go); zero before.
+	DiskCount    int
+	StorageBytes int64
+	Inventory    []byte // the last commissioning result "inventory.json" as sent; nil before
 }
 
 // Interface is one network interface of a machine.
@@ -205,7 +209,9 @@ const machineSelect = `
 			ORDER BY i.id = m.boot_interface_id DESC NULLS LAST, i.id),
 		COALESCE((SELECT i.mac::text FROM interfaces i WHERE i.id = m.boot_interface_id), ''),
 		m.netboot, COALESCE(m.deploy_image, ''), COALESCE(m.owner, ''), m.previous_status, m.error_description,
-		m.status_expires
+		m.status_expires, m.disk_count, m.storage_bytes,
+		(SELECT c.output FROM commissioning_results c WHERE c.system_id = m.system_id AND c.name = 'inventory.json'
+			ORDER BY c.created DESC, c.id DESC LIMIT 1)
 	FROM machines m `
 
 func (s *Store) machines(ctx context.Context, where string, args ...any) ([]Machine, error) {
@@ -221,7 +227,8 @@ func (s *Store) machines(ctx context.Context, where string, args ...any) ([]Mach
 		var expires *time.Time
 		if err := rows.Scan(&m.SystemID, &m.Hostname, &m.Status, &m.Arch, &m.HardwareUUID,
 			&m.CPUCount, &m.MemoryMB, &m.Created, &m.MACs, &ips, &m.BootMAC,
-			&m.Netboot, &m.DeployImage, &m.Owner, &m.PreviousStatus, &m.ErrorDescription, &expires); err != nil {
+			&m.Netboot, &m.DeployImage, &m.Owner, &m.PreviousStatus, &m.ErrorDescription, &expires,
+			&m.DiskCount, &m.StorageBytes, &m.Inventory); err != nil {
 			return nil, err
 		}
 		if expires != nil {
