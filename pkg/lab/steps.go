@@ -28,6 +28,8 @@ type Machine struct {
 	MACAddresses []string `json:"mac_addresses"`
 	CPUCount     int      `json:"cpu_count"`
 	MemoryMB     int64    `json:"memory_mb"`
+	DiskCount    int      `json:"disk_count"`
+	StorageBytes int64    `json:"storage_bytes"`
 }
 
 // Step is one thing a booting machine must be seen doing, in order.

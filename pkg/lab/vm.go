@@ -66,6 +66,8 @@ type VMOptions struct {
 	// IPXEROM keeps QEMU's iPXE ROM on the NIC under UEFI, so iPXE (not
 	// OVMF's own PXE client) does the network boot.
 	IPXEROM bool
+	// Disk is a raw disk image file to attach as a virtio disk ("" for none).
+	Disk string
 }
 
 // StartVM boots a new machine (TCG, 512 MiB, one CPU, virtio NIC, no disk)
@@ -133,12 +135,26 @@ func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
 		}
 	}
 	argv = append(argv, "-device", nic)
+	if opts.Disk != "" {
+		argv = append(argv, "-drive", "file="+opts.Disk+",if=virtio,format=raw")
+	}
 	p, err := l.Start(l.NetNS, vm.Name, nil, argv...)
 	if err != nil {
 		return nil, err
 	}
 	vm.proc = p
 	return vm, nil
+}
+
+// NewDisk creates an empty (sparse) raw disk image of size bytes in the lab.
+func (l *Lab) NewDisk(name string, size int64) (string, error) {
+	path := filepath.Join(l.Dir, name+".img")
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return path, f.Truncate(size)
 }
 
 func copyFile(from, to string) error {
