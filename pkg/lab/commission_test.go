@@ -2,8 +2,6 @@ package lab
 
 import (
 	"context"
-	"net/netip"
-	"os"
 	"testing"
 	"time"
 )
@@ -15,34 +13,9 @@ import (
 // rack's metadata proxy with its own OAuth credentials, becomes Ready and
 // powers off.
 func TestCommissionEnlistedMachine(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots virtual machines")
-	}
-	if err := Check(); err != nil {
-		missing(t, err.Error())
-	}
-	binDir, ephemeral := os.Getenv("FERRITE_BIN"), os.Getenv("FERRITE_EPHEMERAL_DIR")
-	if binDir == "" || ephemeral == "" {
-		missing(t, "FERRITE_BIN and FERRITE_EPHEMERAL_DIR are not set: run through `make test`")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	l, err := New(ctx, t.TempDir(), netip.MustParsePrefix("10.99.0.1/24"), t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("lab cleanup: %v", err)
-		}
-	})
-	site, err := l.StartSite(ctx, BinariesIn(binDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := site.PrepareEnlistment(ctx, ephemeral); err != nil {
-		t.Fatal(err)
-	}
+	l, site := startSite(ctx, t)
 	const diskSize = 64 << 20
 	disk, err := l.NewDisk("disk1", diskSize)
 	if err != nil {

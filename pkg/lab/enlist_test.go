@@ -19,6 +19,41 @@ func missing(t *testing.T, reason string) {
 	t.Skip(reason)
 }
 
+// startSite makes a lab with a region and a rack ready to enlist unknown
+// machines on a subnet offering every boot method but disabled; the lab
+// is closed when the test ends. It skips (fails in CI) without what a lab
+// needs: root, QEMU, and the binaries and image `make test` builds.
+func startSite(ctx context.Context, t *testing.T, disabled ...string) (*Lab, *Site) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots virtual machines")
+	}
+	if err := Check(); err != nil {
+		missing(t, err.Error())
+	}
+	binDir, ephemeral := os.Getenv("FERRITE_BIN"), os.Getenv("FERRITE_EPHEMERAL_DIR")
+	if binDir == "" || ephemeral == "" {
+		missing(t, "FERRITE_BIN and FERRITE_EPHEMERAL_DIR are not set: run through `make test`")
+	}
+	l, err := New(ctx, t.TempDir(), netip.MustParsePrefix("10.99.0.1/24"), t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("lab cleanup: %v", err)
+		}
+	})
+	site, err := l.StartSite(ctx, BinariesIn(binDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := site.PrepareEnlistment(ctx, ephemeral, disabled...); err != nil {
+		t.Fatal(err)
+	}
+	return l, site
+}
+
 // bootPaths are the ways firmware reaches Ferrite's agent: each boots an
 // unknown machine that must enlist. disabled are the subnet's disabled boot
 // methods that steer the firmware onto the path; loaders are what it must
@@ -44,36 +79,11 @@ var bootPaths = []struct {
 // initrd), enlists through its agent and powers off — once per firmware
 // path.
 func TestEnlistUnknownMachine(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots virtual machines")
-	}
-	if err := Check(); err != nil {
-		missing(t, err.Error())
-	}
-	binDir, ephemeral := os.Getenv("FERRITE_BIN"), os.Getenv("FERRITE_EPHEMERAL_DIR")
-	if binDir == "" || ephemeral == "" {
-		missing(t, "FERRITE_BIN and FERRITE_EPHEMERAL_DIR are not set: run through `make test`")
-	}
 	for _, path := range bootPaths {
 		t.Run(path.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
-			l, err := New(ctx, t.TempDir(), netip.MustParsePrefix("10.99.0.1/24"), t.Logf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := l.Close(); err != nil {
-					t.Errorf("lab cleanup: %v", err)
-				}
-			})
-			site, err := l.StartSite(ctx, BinariesIn(binDir))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := site.PrepareEnlistment(ctx, ephemeral, path.disabled...); err != nil {
-				t.Fatal(err)
-			}
+			_, site := startSite(ctx, t, path.disabled...)
 			start := time.Now()
 			vm, m, err := site.EnlistUnknownMachine(ctx, path.vm, path.loaders, 5*time.Minute)
 			if err != nil {

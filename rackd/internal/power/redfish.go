@@ -3,7 +3,6 @@ package power
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // Redfish drives a DMTF Redfish BMC over HTTPS with basic auth:
@@ -35,29 +33,10 @@ type Redfish struct {
 	// Transport, when set, replaces the default transports (tests).
 	Transport http.RoundTripper
 
-	once               sync.Once
-	verified, insecure *http.Client
+	clients bmcClients
 }
 
-func (r *Redfish) client(verify bool) *http.Client {
-	r.once.Do(func() {
-		if r.Transport != nil {
-			r.verified = &http.Client{Transport: r.Transport}
-			r.insecure = r.verified
-			return
-		}
-		base := http.DefaultTransport.(*http.Transport)
-		v := base.Clone()
-		i := base.Clone()
-		i.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the operator said power_verify_tls=false
-		r.verified = &http.Client{Transport: v}
-		r.insecure = &http.Client{Transport: i}
-	})
-	if verify {
-		return r.verified
-	}
-	return r.insecure
-}
+func (r *Redfish) client(verify bool) *http.Client { return r.clients.get(r.Transport, verify) }
 
 // redfishSystem is the part of a ComputerSystem the driver reads.
 type redfishSystem struct {

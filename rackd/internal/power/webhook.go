@@ -2,7 +2,6 @@ package power
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 )
 
 // Webhook switches a machine by calling URLs:
@@ -40,29 +38,10 @@ type Webhook struct {
 	// Transport, when set, replaces the default transports (tests).
 	Transport http.RoundTripper
 
-	once               sync.Once
-	verified, insecure *http.Client
+	clients bmcClients
 }
 
-func (w *Webhook) client(verify bool) *http.Client {
-	w.once.Do(func() {
-		if w.Transport != nil {
-			w.verified = &http.Client{Transport: w.Transport}
-			w.insecure = w.verified
-			return
-		}
-		base := http.DefaultTransport.(*http.Transport)
-		v := base.Clone()
-		i := base.Clone()
-		i.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the operator said power_verify_tls=false
-		w.verified = &http.Client{Transport: v}
-		w.insecure = &http.Client{Transport: i}
-	})
-	if verify {
-		return w.verified
-	}
-	return w.insecure
-}
+func (w *Webhook) client(verify bool) *http.Client { return w.clients.get(w.Transport, verify) }
 
 // Run performs action.
 func (w *Webhook) Run(ctx context.Context, action string, params map[string]string) (string, error) {
