@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 )
 
 const (
@@ -24,19 +26,10 @@ const (
 	bootTimeout = 180 * time.Second
 )
 
-// skipOrFail skips the test with a reason, except in CI, which installs everything.
-func skipOrFail(tb testing.TB, format string, args ...any) {
-	tb.Helper()
-	if os.Getenv("CI") == "true" {
-		tb.Fatalf("CI=true but: "+format, args...)
-	}
-	tb.Skipf(format, args...)
-}
-
 func requireCommand(tb testing.TB, name, pkg string) {
 	tb.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		skipOrFail(tb, "%s not found (apt-get install %s): %v", name, pkg, err)
+		testenv.Missing(tb, "%s not found (apt-get install %s): %v", name, pkg, err)
 	}
 }
 
@@ -61,7 +54,7 @@ func imageDir(tb testing.TB) string {
 	requireCommand(tb, "depmod", "kmod")
 	requireCommand(tb, "cpio", "cpio")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
-		skipOrFail(tb, "/bin/busybox not found (apt-get install busybox-static): %v", err)
+		testenv.Missing(tb, "/bin/busybox not found (apt-get install busybox-static): %v", err)
 	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
@@ -132,7 +125,7 @@ func TestBootEnlists(t *testing.T) {
 		t.Skip("boots a VM: skipped with -short")
 	}
 	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
-		skipOrFail(t, "the image is built for linux/amd64, this is %s/%s", runtime.GOOS, runtime.GOARCH)
+		testenv.Missing(t, "the image is built for linux/amd64, this is %s/%s", runtime.GOOS, runtime.GOARCH)
 	}
 	requireCommand(t, "qemu-system-x86_64", "qemu-system-x86")
 	dir := imageDir(t)

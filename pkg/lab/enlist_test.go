@@ -7,17 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// missing skips a test whose prerequisites are absent, except in CI,
-// which installs everything and so must fail instead.
-func missing(t *testing.T, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", reason)
-	}
-	t.Skip(reason)
-}
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
+)
 
 // startSite makes a lab with a region and a rack ready to enlist unknown
 // machines on a subnet offering every boot method but disabled; the lab
@@ -29,11 +21,11 @@ func startSite(ctx context.Context, t *testing.T, disabled ...string) (*Lab, *Si
 		t.Skip("boots virtual machines")
 	}
 	if err := Check(); err != nil {
-		missing(t, err.Error())
+		testenv.Missing(t, "%s", err.Error())
 	}
 	binDir, ephemeral := os.Getenv("FERRITE_BIN"), os.Getenv("FERRITE_EPHEMERAL_DIR")
 	if binDir == "" || ephemeral == "" {
-		missing(t, "FERRITE_BIN and FERRITE_EPHEMERAL_DIR are not set: run through `make test`")
+		testenv.Missing(t, "%s", "FERRITE_BIN and FERRITE_EPHEMERAL_DIR are not set: run through `make test`")
 	}
 	l, err := New(ctx, t.TempDir(), netip.MustParsePrefix("10.99.0.1/24"), t.Logf)
 	if err != nil {

@@ -15,21 +15,17 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 )
 
 func needServer(t *testing.T) {
 	t.Helper()
 	if _, err := FindBinaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("PostgreSQL server binaries are required in CI: %v", err)
-		}
-		t.Skipf("skipping: %v", err)
+		testenv.Missing(t, "needs the PostgreSQL server binaries: %v", err)
 	}
 	if _, err := runAs(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skipf("skipping: %v", err)
+		testenv.Missing(t, "%v", err)
 	}
 }
 

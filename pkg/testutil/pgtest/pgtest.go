@@ -32,6 +32,7 @@ import (
 
 	"github.com/ferrite-metal/ferrite/migrations"
 	"github.com/ferrite-metal/ferrite/pkg/pgcluster"
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 )
 
 const templateDB = "ferrite_template"
@@ -120,8 +121,8 @@ func (s *server) get(t testing.TB) *server {
 	t.Helper()
 	s.once.Do(func() { s.err = s.start() })
 	if s.err != nil {
-		if errors.Is(s.err, pgcluster.ErrNotInstalled) && os.Getenv("CI") != "true" {
-			t.Skipf("skipping: needs a PostgreSQL server: %v", s.err)
+		if errors.Is(s.err, pgcluster.ErrNotInstalled) {
+			testenv.Missing(t, "needs a PostgreSQL server: %v", s.err)
 		}
 		t.Fatalf("pgtest: %v", s.err)
 	}

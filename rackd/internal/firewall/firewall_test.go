@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
 	"github.com/ferrite-metal/ferrite/rackd/internal/tftp"
 )
@@ -34,23 +35,14 @@ const (
 
 func inChild() bool { return os.Getenv(envNS) != "" }
 
-// skipOrFail skips, or fails when CI=true: CI installs everything and runs as root.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true, but: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 func requireNetnsTools(t testing.TB, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to create network namespaces and change iptables rules")
+		testenv.Missing(t, "needs root to create network namespaces and change iptables rules")
 	}
 	for _, tool := range append([]string{"ip", "iptables"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(t, "needs %s (apt-get install iproute2 iptables curl): %v", tool, err)
+			testenv.Missing(t, "needs %s (apt-get install iproute2 iptables curl): %v", tool, err)
 		}
 	}
 }
@@ -70,7 +62,7 @@ func newNetns(t testing.TB) string {
 	rand.Read(b)
 	ns := "ferrite-fw-" + hex.EncodeToString(b)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		skipOrFail(t, "cannot create a network namespace: ip netns add: %v: %s", err, out)
+		testenv.Missing(t, "cannot create a network namespace: ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {

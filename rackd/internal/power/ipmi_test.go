@@ -11,16 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// skipOrFail skips, or fails when CI=true: CI installs everything and runs as root.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true, but: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
+)
 
 const (
 	simUser = "ferrite"
@@ -40,18 +33,18 @@ type ipmiSim struct {
 func startIPMISim(t *testing.T) *ipmiSim {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "the ipmi_sim test needs root to create a network namespace")
+		testenv.Missing(t, "the ipmi_sim test needs root to create a network namespace")
 	}
 	for _, tool := range []string{"ip", "ipmi_sim", "ipmitool"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(t, "needs %s (apt-get install iproute2 openipmi ipmitool): %v", tool, err)
+			testenv.Missing(t, "needs %s (apt-get install iproute2 openipmi ipmitool): %v", tool, err)
 		}
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	s := &ipmiSim{ns: "ferrite-ipmi-" + hex.EncodeToString(b), dir: t.TempDir()}
 	if out, err := exec.Command("ip", "netns", "add", s.ns).CombinedOutput(); err != nil {
-		skipOrFail(t, "cannot create a network namespace: ip netns add: %v: %s", err, out)
+		testenv.Missing(t, "cannot create a network namespace: ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", s.ns).CombinedOutput(); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	pintftp "github.com/pin/tftp/v3"
 
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 	"github.com/ferrite-metal/ferrite/rackd/internal/bootfiles"
 )
 
@@ -43,10 +44,7 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed (CI installs tftp-hpa, atftp and curl)", name)
-		}
-		t.Skipf("%s is not installed (apt-get install tftp-hpa atftp curl)", name)
+		testenv.Missing(t, "%s is not installed (apt-get install tftp-hpa atftp curl)", name)
 	}
 	return p
 }

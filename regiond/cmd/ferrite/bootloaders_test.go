@@ -11,29 +11,21 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-)
 
-// needHost skips a test whose host prerequisites are absent, except in CI,
-// which installs them and so must fail instead.
-func needHost(t *testing.T, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", reason)
-	}
-	t.Skip(reason)
-}
+	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
+)
 
 // TestImportBootloadersFromHost imports the host's real Debian boot loader
 // packages into a real region, twice.
 func TestImportBootloadersFromHost(t *testing.T) {
 	for _, tool := range []string{"dpkg-query", "dpkg-deb", "dpkg", "apt-get", "apt-cache"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			needHost(t, tool+" is not installed: not a Debian host")
+			testenv.Missing(t, "%s", tool+" is not installed: not a Debian host")
 		}
 	}
 	for _, pkg := range []string{"pxelinux", "syslinux-common", "ipxe"} {
 		if _, ok := (&hostPackages{}).installed(context.Background(), pkg); !ok {
-			needHost(t, pkg+" is not installed (.ci/install-deps installs it)")
+			testenv.Missing(t, "%s", pkg+" is not installed (.ci/install-deps installs it)")
 		}
 	}
 	tr := newRegion(t)
@@ -43,7 +35,7 @@ func TestImportBootloadersFromHost(t *testing.T) {
 	res := runCLI(t, env, "images", "import-bootloaders", "--from-host", "-o", "json")
 	if res.Code != 0 {
 		if strings.Contains(res.Stderr, "neither installed nor downloadable") {
-			needHost(t, "apt-get download of the signed boot loaders failed (no network?): "+res.Stderr)
+			testenv.Missing(t, "%s", "apt-get download of the signed boot loaders failed (no network?): "+res.Stderr)
 		}
 		t.Fatalf("import: %+v", res)
 	}
@@ -188,7 +180,7 @@ func mapKeys[V any](m map[string]V) []string {
 // downloadable is an error naming it; an optional one is a note.
 func TestImportBootloadersMissingPackage(t *testing.T) {
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		needHost(t, "apt-get is not installed: not a Debian host")
+		testenv.Missing(t, "%s", "apt-get is not installed: not a Debian host")
 	}
 	var notes []string
 	h := &hostPackages{cacheDir: t.TempDir(), notef: func(f string, a ...any) { notes = append(notes, f) }}
