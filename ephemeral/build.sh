@@ -32,6 +32,10 @@ nic_modules=(virtio_pci virtio_net e1000 e1000e igb ixgbe tg3 bnxt_en r8169)
 # Modules for the disks that commissioning reports and deploy writes to: virtio (vd*), virtio
 # SCSI, SATA/AHCI and USB-less SCSI disks (sd*), NVMe.
 disk_modules=(virtio_blk virtio_scsi sd_mod ahci nvme)
+# Filesystems of an installed system: deploy leaves the machine's datasource in it, and the
+# installed-system boot (root= without cloud-config-url=) reads it back. FAT needs its default
+# codepage and character set.
+fs_modules=(ext4 vfat nls_cp437 nls_ascii)
 
 # --- host tools -------------------------------------------------------------------------------
 need() { # need COMMAND PACKAGE
@@ -122,7 +126,7 @@ echo "$kver" >"$rootfs/etc/ferrite/kernel-version"
 order="$rootfs/etc/ferrite/modules"
 : >"$order"
 declare -A seen=()
-for m in "${nic_modules[@]}" "${disk_modules[@]}"; do
+for m in "${nic_modules[@]}" "${disk_modules[@]}" "${fs_modules[@]}"; do
 	deps=$(modprobe -d "$kroot" -S "$kver" --show-depends "$m") ||
 		die "modprobe --show-depends $m failed for kernel $kver"
 	while read -r kind path _; do

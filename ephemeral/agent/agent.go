@@ -107,7 +107,11 @@ func (a *Agent) run(ctx context.Context) error {
 	if configURL == "" {
 		var ok bool
 		if configURL, ok = cmdlineValue(string(cmdline), "cloud-config-url"); !ok || configURL == "" {
-			return errors.New("no cloud-config-url= on the kernel command line: nothing to do")
+			if root, ok := cmdlineValue(string(cmdline), "root"); ok && root != "" {
+				a.log.Info("no cloud-config-url but root=" + root + ": booting the installed system")
+				return a.runInstalled(ctx, root)
+			}
+			return errors.New("no cloud-config-url= or root= on the kernel command line: nothing to do")
 		}
 	}
 	bootMAC := ""

@@ -52,7 +52,7 @@ func (a *Agent) runMetadataJob(ctx context.Context, doc preseed.Document) error 
 	case preseed.JobCommission:
 		err = a.commission(ctx, md, doc.PowerState)
 	case preseed.JobDeploy:
-		err = a.deploy(ctx, md, doc.Ferrite.Deploy, doc.PowerState)
+		err = a.deploy(ctx, md, doc)
 	case preseed.JobRescue:
 		err = a.rescue(ctx, md)
 	default:
@@ -97,7 +97,8 @@ func (a *Agent) commission(ctx context.Context, md *metadataClient, ps *preseed.
 // the power state (the region asks for a reboot). Any failure returns an error, so that
 // runMetadataJob signals FAILED and Run powers the machine off: it never reboots into a
 // half-written disk (whose start writeImage has zeroed anyway).
-func (a *Agent) deploy(ctx context.Context, md *metadataClient, d *preseed.Deploy, ps *preseed.PowerState) error {
+func (a *Agent) deploy(ctx context.Context, md *metadataClient, doc preseed.Document) error {
+	d := doc.Ferrite.Deploy
 	if d == nil || d.ImageURL == "" || d.SHA256 == "" {
 		return errors.New("job deploy without deploy.image_url and deploy.sha256")
 	}
@@ -160,13 +161,20 @@ func (a *Agent) deploy(ctx context.Context, md *metadataClient, d *preseed.Deplo
 		return err
 	}
 	a.log.Info("image written and verified", zap.String("disk", dev), zap.Duration("took", a.now().Sub(start).Round(time.Millisecond)))
+	result := "image written to /dev/" + disk.Name + " and verified"
+	if part, err := a.installDatasource(disk.Name, doc); err != nil {
+		a.log.Warn("the installed system will not call back", zap.Error(err))
+		result += "; the installed system will not call back: " + err.Error()
+	} else {
+		result += "; datasource written to /dev/" + part
+	}
 	if err := md.netbootOff(ctx); err != nil {
 		return err
 	}
-	if err := md.signal(ctx, statusOK, "image written to /dev/"+disk.Name+" and verified", nil); err != nil {
+	if err := md.signal(ctx, statusOK, result, nil); err != nil {
 		return err
 	}
-	return a.obeyPowerState(ctx, ps)
+	return a.obeyPowerState(ctx, doc.PowerState)
 }
 
 // download GETs the image, retrying until the rack answers 200; the body is the caller's.

@@ -49,21 +49,11 @@ func (m *metadataClient) apiURL() string { return m.base + "2012-03-01/" }
 // instanceID GETs meta-data/instance-id, the system_id the credentials belong to: a cheap
 // check, at the start of a job, that the credentials work.
 func (m *metadataClient) instanceID(ctx context.Context) (string, error) {
-	u := m.apiURL() + "meta-data/instance-id"
-	var id string
-	err := m.a.retry(ctx, "GET "+u, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return permanent(err)
-		}
-		b, err := m.send(req)
-		id = strings.TrimSpace(string(b))
-		return err
-	})
+	b, err := m.get(ctx, "meta-data/instance-id")
 	if err != nil {
 		return "", fmt.Errorf("check metadata credentials: %w", err)
 	}
-	return id, nil
+	return strings.TrimSpace(string(b)), nil
 }
 
 // signal reports status (WORKING, OK, FAILED) with a description in error and result files,

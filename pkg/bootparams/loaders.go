@@ -150,10 +150,13 @@ func IPXE(c Config) ([]byte, error) {
 		for _, d := range []string{"0x80", "0x81", "0x82", "0x83"} {
 			drives = append(drives, "sanboot --no-describe --drive "+d)
 		}
+		// Exit with success when no drive boots: rackd's ipxe.cfg runs `chain ipxe.cfg-MAC ||
+		// chain ipxe.cfg-default-ARCH`, and a failure here would enlist a known machine.
 		return lines(
 			"#!ipxe",
 			"echo Booting local disk...",
-			strings.Join(drives, " || ")+" || exit 1",
+			strings.Join(drives, " || ")+" || echo No local disk booted: the firmware tries its next boot device",
+			"exit 0",
 		), nil
 	}
 	return lines(

@@ -17,8 +17,15 @@ func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, loaders
 	if err != nil {
 		return nil, Machine{}, err
 	}
+	s.Lab.logf("booting %s (MAC %s); serial console in %s", vm.Name, vm.MAC, vm.Serial)
+	m, err := s.WaitForEnlistment(ctx, vm, loaders, timeout)
+	return vm, m, err
+}
+
+// WaitForEnlistment waits until vm, booting with a MAC the region has never seen, has
+// enlisted and powered itself off, as EnlistUnknownMachine describes.
+func (s *Site) WaitForEnlistment(ctx context.Context, vm *VM, loaders []string, timeout time.Duration) (Machine, error) {
 	mac := vm.MAC.String()
-	s.Lab.logf("booting %s (MAC %s); serial console in %s", vm.Name, mac, vm.Serial)
 	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	powerErr := vm.Wait(waitCtx)
@@ -37,19 +44,19 @@ func (s *Site) EnlistUnknownMachine(ctx context.Context, opts VMOptions, loaders
 		time.Sleep(500 * time.Millisecond)
 	}
 	if powerErr != nil || stepErr != nil {
-		return vm, Machine{}, fmt.Errorf("%s did not enlist: %w\nlast serial console lines:\n%s",
+		return Machine{}, fmt.Errorf("%s did not enlist: %w\nlast serial console lines:\n%s",
 			vm.Name, errors.Join(stepErr, powerErr), vm.SerialTail(25))
 	}
 	var machines []Machine
 	if err := s.CLIJSON(ctx, &machines, "machines", "list"); err != nil {
-		return vm, Machine{}, err
+		return Machine{}, err
 	}
 	for _, m := range machines {
 		for _, a := range m.MACAddresses {
 			if strings.EqualFold(a, mac) {
-				return vm, m, nil
+				return m, nil
 			}
 		}
 	}
-	return vm, Machine{}, fmt.Errorf("machine with MAC %s is not in `ferrite machines list`", mac)
+	return Machine{}, fmt.Errorf("machine with MAC %s is not in `ferrite machines list`", mac)
 }

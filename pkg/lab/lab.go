@@ -33,6 +33,7 @@ type Lab struct {
 
 	mu    sync.Mutex
 	procs []*Proc
+	bmcs  []*WebhookBMC
 	vms   int
 }
 
@@ -182,9 +183,12 @@ func (l *Lab) Exec(ctx context.Context, ns string, env []string, argv ...string)
 // deletes both namespaces, which removes the bridge, veth and taps.
 func (l *Lab) Close() error {
 	l.mu.Lock()
-	procs := l.procs
-	l.procs = nil
+	procs, bmcs := l.procs, l.bmcs
+	l.procs, l.bmcs = nil, nil
 	l.mu.Unlock()
+	for _, b := range bmcs { // first, so that no power-on starts a machine while we stop them
+		b.close()
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].Stop(10 * time.Second)
 	}

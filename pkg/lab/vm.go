@@ -68,13 +68,22 @@ type VMOptions struct {
 	IPXEROM bool
 	// Disk is a raw disk image file to attach as a virtio disk ("" for none).
 	Disk string
+	// UUID is the machine's SMBIOS UUID (random when empty).
+	UUID string
+	// Reboot makes a guest's reboot restart the machine, as on real hardware. Without it a
+	// reboot ends QEMU like a power-off does, so a test notices a machine that reboots
+	// where it should power off.
+	Reboot bool
 }
 
 // StartVM boots a new machine (TCG, 512 MiB, one CPU, virtio NIC, no disk)
-// from the network. With -no-reboot, the guest powering off ends QEMU.
+// from the network. The guest powering off ends QEMU.
 func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
 	if opts.MAC == nil {
 		opts.MAC = RandomMAC()
+	}
+	if opts.UUID == "" {
+		opts.UUID = randomUUID()
 	}
 	l.mu.Lock()
 	l.vms++
@@ -83,7 +92,7 @@ func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
 	vm := &VM{
 		Name:   fmt.Sprintf("vm%d", n),
 		MAC:    opts.MAC,
-		UUID:   randomUUID(),
+		UUID:   opts.UUID,
 		Serial: filepath.Join(l.Dir, fmt.Sprintf("vm%d-serial.log", n)),
 	}
 	tap := fmt.Sprintf("tap%d", n)
@@ -100,8 +109,11 @@ func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
 	argv := []string{
 		"qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
 		"-cpu", "qemu64", "-m", "512", "-smp", "1",
-		"-serial", "file:" + vm.Serial, "-no-reboot", "-uuid", vm.UUID,
+		"-serial", "file:" + vm.Serial, "-uuid", vm.UUID,
 		"-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", tap),
+	}
+	if !opts.Reboot {
+		argv = append(argv, "-no-reboot")
 	}
 	nic := fmt.Sprintf("virtio-net-pci,netdev=n0,mac=%s,bootindex=1", opts.MAC)
 	switch opts.Firmware {
@@ -136,7 +148,10 @@ func (l *Lab) StartVM(opts VMOptions) (*VM, error) {
 	}
 	argv = append(argv, "-device", nic)
 	if opts.Disk != "" {
-		argv = append(argv, "-drive", "file="+opts.Disk+",if=virtio,format=raw")
+		// Second in the boot order, as on a server set up for MAAS: the firmware maps it as
+		// drive 0x80 (iPXE's sanboot) and falls back to it when the network boot exits.
+		argv = append(argv, "-drive", "file="+opts.Disk+",if=none,id=disk0,format=raw",
+			"-device", "virtio-blk-pci,drive=disk0,bootindex=2")
 	}
 	p, err := l.Start(l.NetNS, vm.Name, nil, argv...)
 	if err != nil {
@@ -173,6 +188,16 @@ func (vm *VM) Wait(ctx context.Context) error {
 		return vm.proc.Err()
 	case <-ctx.Done():
 		return fmt.Errorf("%s still running: %w", vm.Name, ctx.Err())
+	}
+}
+
+// Running reports whether QEMU has not exited.
+func (vm *VM) Running() bool {
+	select {
+	case <-vm.proc.Done():
+		return false
+	default:
+		return true
 	}
 }
 

@@ -393,20 +393,81 @@ func checkHost(v string) error {
 // key must be present with a job; Parse does not judge the job, so an agent
 // can report one it does not know.
 func Parse(b []byte) (Document, error) {
-	first, rest, _ := bytes.Cut(b, []byte("\n"))
-	if string(bytes.TrimSuffix(first, []byte("\r"))) != Header {
-		return Document{}, fmt.Errorf("parse preseed: first line is not %q", Header)
-	}
-	dec := json.NewDecoder(bytes.NewReader(rest))
 	var doc Document
-	if err := dec.Decode(&doc); err != nil {
+	if err := decode(b, &doc); err != nil {
 		return Document{}, fmt.Errorf("parse preseed: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Document{}, errors.New("parse preseed: data after the JSON object")
 	}
 	if doc.Ferrite.Job == "" {
 		return Document{}, errors.New("parse preseed: no ferrite.job")
 	}
 	return doc, nil
+}
+
+// InstalledPath is where, relative to the root of an installed system, the
+// deploy job leaves the machine's datasource: a cloud-init drop-in, as
+// curtin does for MAAS, so that the installed system's cloud-init reads
+// meta-data and user-data with the machine's own credentials. Reading
+// user-data from the installed system is what makes a Deploying machine
+// Deployed.
+const InstalledPath = "etc/cloud/cloud.cfg.d/90_ferrite_datasource.cfg"
+
+// Installed is the drop-in at InstalledPath.
+type Installed struct {
+	DatasourceList []string   `json:"datasource_list"`
+	Datasource     Datasource `json:"datasource"`
+	Reporting      *Reporting `json:"reporting,omitempty"`
+}
+
+// RenderInstalled renders the drop-in from a job's document: its MAAS
+// datasource (required) and reporting webhook.
+func RenderInstalled(doc Document) ([]byte, error) {
+	if doc.Datasource == nil || doc.Datasource.MAAS == nil {
+		return nil, errors.New("render installed datasource: the document has no MAAS datasource")
+	}
+	ds := doc.Datasource.MAAS
+	if err := checkURL(ds.MetadataURL); err != nil {
+		return nil, fmt.Errorf("render installed datasource: metadata_url: %w", err)
+	}
+	if ds.ConsumerKey == "" || ds.TokenKey == "" || ds.TokenSecret == "" {
+		return nil, errors.New("render installed datasource: the MAAS datasource has no credentials")
+	}
+	b, err := json.MarshalIndent(Installed{
+		DatasourceList: []string{"MAAS"},
+		Datasource:     Datasource{MAAS: ds},
+		Reporting:      doc.Reporting,
+	}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("render installed datasource: %w", err)
+	}
+	return append([]byte(Header+"\n"), append(b, '\n')...), nil
+}
+
+// ParseInstalled decodes a drop-in RenderInstalled wrote; it must name a
+// MAAS datasource with a metadata URL.
+func ParseInstalled(b []byte) (Installed, error) {
+	var in Installed
+	if err := decode(b, &in); err != nil {
+		return Installed{}, fmt.Errorf("parse installed datasource: %w", err)
+	}
+	if in.Datasource.MAAS == nil || in.Datasource.MAAS.MetadataURL == "" {
+		return Installed{}, errors.New("parse installed datasource: no datasource.MAAS.metadata_url")
+	}
+	return in, nil
+}
+
+// decode reads the Header line (a trailing "\r" tolerated), then one JSON
+// object into v and nothing else but whitespace.
+func decode(b []byte, v any) error {
+	first, rest, _ := bytes.Cut(b, []byte("\n"))
+	if string(bytes.TrimSuffix(first, []byte("\r"))) != Header {
+		return fmt.Errorf("first line is not %q", Header)
+	}
+	dec := json.NewDecoder(bytes.NewReader(rest))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON object")
+	}
+	return nil
 }

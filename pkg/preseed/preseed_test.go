@@ -372,3 +372,44 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestInstalledRoundTrip(t *testing.T) {
+	creds := Credentials{ConsumerKey: "ck", TokenKey: "tk", TokenSecret: "ts"}
+	doc := Document{
+		Ferrite:    Instructions{Job: JobDeploy},
+		Datasource: &Datasource{MAAS: &MAASDatasource{MetadataURL: "http://10.0.0.1:5248/MAAS/metadata/", Credentials: creds}},
+		Reporting:  &Reporting{MAAS: &Webhook{Type: "webhook", Endpoint: "http://10.0.0.1:5248/MAAS/metadata/status/abc", Credentials: creds}},
+	}
+	b, err := RenderInstalled(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseInstalled(b)
+	if err != nil {
+		t.Fatalf("ParseInstalled(RenderInstalled(doc)): %v\n%s", err, b)
+	}
+	want := Installed{DatasourceList: []string{"MAAS"}, Datasource: *doc.Datasource, Reporting: doc.Reporting}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("round trip mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestInstalledErrors(t *testing.T) {
+	noCreds := Document{Datasource: &Datasource{MAAS: &MAASDatasource{MetadataURL: "http://r/MAAS/metadata/"}}}
+	badURL := Document{Datasource: &Datasource{MAAS: &MAASDatasource{MetadataURL: "file:///x",
+		Credentials: Credentials{ConsumerKey: "a", TokenKey: "b", TokenSecret: "c"}}}}
+	for name, doc := range map[string]Document{"no datasource": {}, "no credentials": noCreds, "not http": badURL} {
+		if b, err := RenderInstalled(doc); err == nil {
+			t.Errorf("%s: RenderInstalled succeeded:\n%s", name, b)
+		}
+	}
+	for name, in := range map[string]string{
+		"no header":        `{"datasource":{"MAAS":{"metadata_url":"http://r/"}}}`,
+		"no datasource":    "#cloud-config\n{\"datasource_list\":[\"MAAS\"]}",
+		"trailing garbage": "#cloud-config\n{\"datasource\":{\"MAAS\":{\"metadata_url\":\"http://r/\"}}} x",
+	} {
+		if got, err := ParseInstalled([]byte(in)); err == nil {
+			t.Errorf("%s: ParseInstalled succeeded: %+v", name, got)
+		}
+	}
+}
