@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 			powerLog.Warn("could not report a power result; the region fails it at its deadline",
 				zap.Int64("id", r.ID), zap.String("system_id", r.SystemID), zap.Error(err))
 		}
-	}, power.ExecutorOptions{Events: client, Log: powerLog})
+	}, power.ExecutorOptions{Log: powerLog})
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return client.Run(gctx, a.apply) })

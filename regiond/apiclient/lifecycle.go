@@ -16,6 +16,7 @@ type MachineLifecycle struct {
 	// installer turns it off once the image is written.
 	Netboot          bool      `json:"netboot"`
 	DeployImage      string    `json:"deploy_image"`            // root-dd image of the last deploy
+	UserDataSize     int       `json:"user_data_size"`          // bytes of the deployment's user-data; 0 = none
 	Owner            string    `json:"owner"`                   // API token name that deployed it
 	PreviousStatus   string    `json:"previous_status"`         // where abort, exit-rescue and mark-fixed return to
 	ErrorDescription string    `json:"error_description"`       // why it failed or was marked broken
@@ -95,9 +96,13 @@ func (c *Client) DeleteMachine(ctx context.Context, systemID string) error {
 
 // ActionOptions are the options some actions take.
 type ActionOptions struct {
-	Image   string `json:"image,omitempty"`   // deploy: root-dd image; "" = the last one deployed
-	Erase   bool   `json:"erase,omitempty"`   // release: erase the disks (recorded; not carried out yet)
-	Comment string `json:"comment,omitempty"` // mark-broken: why
+	Image string `json:"image,omitempty"` // deploy: root-dd image; "" = the last one deployed
+	// UserData is deploy's user-data for the installed system's cloud-init
+	// (sent base64-encoded; the region accepts at most 16 KiB); nil = none.
+	// Every deploy replaces it, release clears it.
+	UserData []byte `json:"user_data,omitempty"`
+	Erase    bool   `json:"erase,omitempty"`   // release: erase the disks (recorded; not carried out yet)
+	Comment  string `json:"comment,omitempty"` // mark-broken: why
 }
 
 // Action asks for a lifecycle action (POST /api/v1/machines/{id}/{action}):

@@ -20,9 +20,10 @@ type ExecutorOptions struct {
 	MaxQueued      int           // commands waiting or running; beyond, a command fails at once, 1000
 	// Grace is how long a driver that overran its deadline may take to
 	// return before the executor abandons it and frees its machine, 5 s.
-	Grace  time.Duration
-	Events Events // nil: no events
-	Log    *zap.Logger
+	Grace time.Duration
+	// The rack records no events of its own: the region records each result
+	// as an event of its machine when the rack reports it (ReportPowerResult).
+	Log *zap.Logger
 }
 
 // Executor runs power commands: each with its own deadline, at most
@@ -152,15 +153,11 @@ func (e *Executor) worker(systemID string) {
 	}
 }
 
-// finish records res's event, reports it and forgets its id.
+// finish reports res and forgets its id.
 func (e *Executor) finish(res Result) {
 	budget := 2 * time.Minute
 	if e.base.Err() != nil {
 		budget = 3 * time.Second // stopping: one quick try
-	}
-	// The event first: whoever learns the result can then find its event.
-	if e.opts.Events != nil {
-		e.opts.Events.Record(res.EventType(), "", "", res.EventDescription())
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.base), budget)
 	e.report(ctx, res)

@@ -23,7 +23,6 @@ type recorder struct {
 	mu      sync.Mutex
 	results map[int64]Result
 	count   map[int64]int
-	events  []string
 	ch      chan Result
 }
 
@@ -37,12 +36,6 @@ func (r *recorder) report(_ context.Context, res Result) {
 	r.count[res.ID]++
 	r.mu.Unlock()
 	r.ch <- res
-}
-
-func (r *recorder) Record(typ, mac, ip, description string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, typ+" "+description)
 }
 
 func (r *recorder) wait(t *testing.T, n int) []Result {
@@ -63,9 +56,6 @@ func startExecutor(t *testing.T, drivers map[string]Driver, opts ExecutorOptions
 	t.Helper()
 	rec := newRecorder()
 	opts.Log = zaptest.NewLogger(t)
-	if opts.Events == nil {
-		opts.Events = rec
-	}
 	e := NewExecutor(drivers, rec.report, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -262,23 +252,6 @@ func TestExecutorPanicAndBadCommands(t *testing.T) {
 	}
 	if n := rec.results[5].Note; !strings.Contains(n, "an operator must power the machine on") {
 		t.Errorf("manual note = %q", n)
-	}
-	want := map[string]bool{
-		"POWER_ON_FAILED system_id=a power_type=boom action=on failed: power driver boom failed unexpectedly": false,
-		"POWER_ON system_id=c power_type=manual action=on state=unknown (":                                    false,
-		"POWER_EXPLODE_FAILED system_id=b":                                                                    false,
-	}
-	for _, ev := range rec.events {
-		for w := range want {
-			if strings.HasPrefix(ev, w) {
-				want[w] = true
-			}
-		}
-	}
-	for w, seen := range want {
-		if !seen {
-			t.Errorf("no event starting %q in %q", w, rec.events)
-		}
 	}
 }
 

@@ -7,7 +7,6 @@ package power
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"strings"
 	"time"
@@ -45,11 +44,6 @@ type Driver interface {
 // after a successful action (the manual driver: someone must act).
 type Noter interface {
 	Note(action string) string
-}
-
-// Events records what the rack did, for the region's event log.
-type Events interface {
-	Record(typ, mac, ip, description string)
 }
 
 // DefaultDrivers is every power type this rack runs, keyed by power_type.
@@ -105,44 +99,6 @@ func (r Result) Proto() *rackv1.ReportPowerResultRequest {
 	return &rackv1.ReportPowerResultRequest{
 		Id: r.ID, Ok: r.OK, State: r.State, Error: r.Error, DurationNano: r.Duration.Nanoseconds(),
 	}
-}
-
-// EventType is the rack event recorded for a result: POWER_ON, POWER_OFF,
-// POWER_CYCLE, POWER_QUERY, POWER_SET_BOOT_PXE, with _FAILED appended when
-// the command failed.
-func (r Result) EventType() string {
-	a := strings.ToUpper(r.Action)
-	a = strings.Map(func(c rune) rune {
-		if c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' {
-			return c
-		}
-		return '_'
-	}, a)
-	if a == "" {
-		a = "UNKNOWN"
-	}
-	t := "POWER_" + a
-	if !r.OK {
-		t += "_FAILED"
-	}
-	return t
-}
-
-// EventDescription names the machine (the Event message has no system_id
-// field) and says what happened.
-func (r Result) EventDescription() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "system_id=%s power_type=%s action=%s", r.SystemID, r.PowerType, r.Action)
-	if r.OK {
-		fmt.Fprintf(&b, " state=%s", r.State)
-	} else {
-		fmt.Fprintf(&b, " failed: %s", r.Error)
-	}
-	fmt.Fprintf(&b, " (%s)", r.Duration.Round(time.Millisecond))
-	if r.Note != "" {
-		fmt.Fprintf(&b, "; %s", r.Note)
-	}
-	return b.String()
 }
 
 // validAction reports whether a is one of the actions above.

@@ -389,16 +389,29 @@ func machineTable(machines []apiclient.Machine) func(io.Writer) {
 }
 
 func setupMachinesShow(fs *flag.FlagSet) action {
+	return machineCommand(fs, nil, (*apiclient.Client).Machine)
+}
+
+// machineCommand is the action of a command on one machine (SYSTEM_ID, the
+// only argument) that prints the machine call returns. check, when not nil,
+// runs first, before the login is read: it checks the flags (a usageError)
+// and prepares what call sends.
+func machineCommand(fs *flag.FlagSet, check func() error, call func(*apiclient.Client, context.Context, string) (apiclient.Machine, error)) action {
 	out := outputFlag(fs)
 	return func(ctx context.Context, a *app, args []string) error {
 		if len(args) != 1 {
 			return usagef("want one SYSTEM_ID, got %d arguments", len(args))
 		}
+		if check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
 		c, err := a.client()
 		if err != nil {
 			return err
 		}
-		m, err := c.Machine(ctx, args[0])
+		m, err := call(c, ctx, args[0])
 		if err != nil {
 			return err
 		}
@@ -441,22 +454,20 @@ func setupMachinesSetIP(fs *flag.FlagSet) action {
 	mac := fs.String("mac", "", "`MAC` of the machine's interface (required)")
 	ip := fs.String("ip", "", "fixed IPv4 `ADDRESS`, outside the subnet's dynamic ranges; \"\" clears it")
 	clear := fs.Bool("clear", false, "remove the interface's fixed address")
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if len(args) != 1 {
-			return usagef("want one SYSTEM_ID, got %d arguments", len(args))
-		}
+	var norm string
+	var addr netip.Addr
+	check := func() error {
 		ipGiven := false
 		fs.Visit(func(f *flag.Flag) { ipGiven = ipGiven || f.Name == "ip" })
 		var errs []error
-		norm, err := parseMAC(*mac)
+		var err error
+		norm, err = parseMAC(*mac)
 		switch {
 		case *mac == "":
 			errs = append(errs, errors.New("--mac is required (see ferrite machines show SYSTEM_ID)"))
 		case err != nil:
 			errs = append(errs, fmt.Errorf("--mac: %w", err))
 		}
-		var addr netip.Addr
 		switch {
 		case *clear && ipGiven && *ip != "":
 			errs = append(errs, errors.New("--clear and --ip ADDRESS contradict each other"))
@@ -472,16 +483,11 @@ func setupMachinesSetIP(fs *flag.FlagSet) action {
 		if err := errors.Join(errs...); err != nil {
 			return usageError{err}
 		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		m, err := c.SetInterfaceIP(ctx, args[0], norm, addr)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, m, machineDetails(m))
+		return nil
 	}
+	return machineCommand(fs, check, func(c *apiclient.Client, ctx context.Context, id string) (apiclient.Machine, error) {
+		return c.SetInterfaceIP(ctx, id, norm, addr)
+	})
 }
 
 func setupEventsList(fs *flag.FlagSet) action {

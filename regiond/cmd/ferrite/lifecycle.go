@@ -20,8 +20,9 @@ func lifecycleCommands() []command {
 		{"machines commission", "SYSTEM_ID [-o json]",
 			"Commission: boot the ephemeral environment and take inventory (New, Ready, Failed commissioning/testing, Broken → Commissioning).",
 			actionSetup("commission")},
-		{"machines deploy", "SYSTEM_ID [--image NAME] [-o json]",
-			"Deploy a root-dd image to the machine's disk (Ready or Allocated → Deploying; --image defaults to the last one deployed).",
+		{"machines deploy", "SYSTEM_ID [--image NAME] [--user-data FILE] [-o json]",
+			"Deploy a root-dd image to the machine's disk (Ready or Allocated → Deploying; --image defaults to the last one deployed); " +
+				"the installed system's cloud-init reads FILE as its user-data (at most 16 KiB; every deploy replaces it, release clears it).",
 			actionSetup("deploy")},
 		{"machines release", "SYSTEM_ID [--erase] [-o json]",
 			"Release a deployed or allocated machine (→ Releasing → Ready). --erase is recorded; disks are not erased yet.",
@@ -42,30 +43,47 @@ func lifecycleCommands() []command {
 func actionSetup(name string) func(fs *flag.FlagSet) action {
 	return func(fs *flag.FlagSet) action {
 		var opts apiclient.ActionOptions
+		var userData string
 		switch name {
 		case "deploy":
 			fs.StringVar(&opts.Image, "image", "", "root-dd image `NAME` to write, e.g. custom/debian-12 (see ferrite images list)")
+			fs.StringVar(&userData, "user-data", "", "`FILE` the installed system's cloud-init reads as its user-data, e.g. a #cloud-config (at most 16 KiB; gzip is fine)")
 		case "release":
 			fs.BoolVar(&opts.Erase, "erase", false, "ask for the disks to be erased (recorded; not carried out yet)")
 		case "mark-broken":
 			fs.StringVar(&opts.Comment, "comment", "", "why the machine is broken (`TEXT`)")
 		}
-		out := outputFlag(fs)
-		return func(ctx context.Context, a *app, args []string) error {
-			if len(args) != 1 {
-				return usagef("want one SYSTEM_ID, got %d arguments", len(args))
+		readUserData := func() (err error) {
+			if userData != "" {
+				opts.UserData, err = readSmallFile(userData)
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			m, err := c.Action(ctx, args[0], name, opts)
-			if err != nil {
-				return err
-			}
-			return emit(a.stdout, *out, m, machineDetails(m))
+			return err
 		}
+		return machineCommand(fs, readUserData, func(c *apiclient.Client, ctx context.Context, id string) (apiclient.Machine, error) {
+			return c.Action(ctx, id, name, opts)
+		})
 	}
+}
+
+// maxSmallFile bounds what readSmallFile reads: far above what the region
+// accepts (it says so clearly), only so that a wrong file is not read whole.
+const maxSmallFile = 1 << 20
+
+// readSmallFile reads a regular file of at most maxSmallFile bytes.
+func readSmallFile(path string) ([]byte, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSmallFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSmallFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSmallFile)
+	}
+	return b, nil
 }
 
 func setupMachinesCreate(fs *flag.FlagSet) action {
@@ -145,6 +163,9 @@ func lifecycleDetails(w io.Writer, m apiclient.Machine) {
 	}
 	if m.DeployImage != "" {
 		row(w, "Deploy image:", m.DeployImage)
+	}
+	if m.UserDataSize > 0 {
+		row(w, "User-data:", fmt.Sprintf("%d bytes", m.UserDataSize))
 	}
 	if m.Owner != "" {
 		row(w, "Owner:", m.Owner)

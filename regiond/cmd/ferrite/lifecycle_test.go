@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -72,12 +73,33 @@ func TestLifecycleCommands(t *testing.T) {
 	if _, err := tr.Store.Transition(t.Context(), id, "Commissioning", "Ready", "commissioning done"); err != nil {
 		t.Fatal(err)
 	}
-	m = jsonMachine(runCLI(t, env, "machines", "deploy", id, "--image", "custom/debian", "-o", "json"))
-	if m.Status != "Deploying" || m.DeployImage != "custom/debian" || !m.Netboot {
+	// With user-data from a file: too large, missing, then right.
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, make([]byte, 16<<10+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want = result{1, "", "ferrite: deploy machine " + id + ": user-data: 16385 bytes, more than 16384 (16 KiB; cloud-init also reads gzipped user-data) (HTTP 400)\n"}
+	if got := runCLI(t, env, "machines", "deploy", id, "--image", "custom/debian", "--user-data", big); !cmp.Equal(want, got) {
+		t.Errorf("deploy with too much user-data (-want +got):\n%s", cmp.Diff(want, got))
+	}
+	if got := runCLI(t, env, "machines", "deploy", id, "--user-data", filepath.Join(dir, "nope")); got.Code != 1 ||
+		!strings.Contains(got.Stderr, "no such file") {
+		t.Errorf("deploy with a missing user-data file: %+v", got)
+	}
+	userData := filepath.Join(dir, "user-data.yaml")
+	if err := os.WriteFile(userData, []byte("#cloud-config\nruncmd: [[touch, /ok]]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m = jsonMachine(runCLI(t, env, "machines", "deploy", id, "--image", "custom/debian", "--user-data", userData, "-o", "json"))
+	if m.Status != "Deploying" || m.DeployImage != "custom/debian" || !m.Netboot || m.UserDataSize != 37 {
 		t.Errorf("deploy: %+v", m)
 	}
-	if m := jsonMachine(runCLI(t, env, "machines", "release", id, "--erase", "-o", "json")); m.Status != "Ready" {
-		t.Errorf("release of a manual machine: %s, want Ready at once", m.Status)
+	if r := runCLI(t, env, "machines", "show", id); !strings.Contains(r.Stdout, "User-data:      37 bytes\n") {
+		t.Errorf("show of a machine deployed with user-data: %+v", r)
+	}
+	if m := jsonMachine(runCLI(t, env, "machines", "release", id, "--erase", "-o", "json")); m.Status != "Ready" || m.UserDataSize != 0 {
+		t.Errorf("release of a manual machine: %s with %d bytes of user-data, want Ready at once with none", m.Status, m.UserDataSize)
 	}
 	if m := jsonMachine(runCLI(t, env, "machines", "rescue", id, "-o", "json")); m.Status != "Entering rescue mode" {
 		t.Errorf("rescue: %s", m.Status)
@@ -97,7 +119,8 @@ func TestLifecycleCommands(t *testing.T) {
 		`POST /api/v1/machines/ID/abort {}`,
 		`POST /api/v1/machines/ID/mark-broken {"comment":"bad RAM"}`,
 		`POST /api/v1/machines/ID/mark-fixed {}`,
-		`POST /api/v1/machines/ID/deploy {"image":"custom/debian"}`,
+		`POST /api/v1/machines/ID/deploy {"image":"custom/debian","user_data":"` + base64.StdEncoding.EncodeToString(make([]byte, 16<<10+1)) + `"}`,
+		`POST /api/v1/machines/ID/deploy {"image":"custom/debian","user_data":"I2Nsb3VkLWNvbmZpZwpydW5jbWQ6IFtbdG91Y2gsIC9va11dCg=="}`,
 		`POST /api/v1/machines/ID/release {"erase":true}`,
 		`POST /api/v1/machines/ID/rescue {}`,
 	}

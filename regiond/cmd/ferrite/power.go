@@ -56,24 +56,15 @@ func setupMachinesSetPower(fs *flag.FlagSet) action {
 	typ := fs.String("type", "", "power `TYPE`: manual, webhook, ipmi or redfish (required)")
 	params := paramList{}
 	fs.Var(params, "param", "driver parameter `KEY=VALUE` (repeatable), e.g. power_address=10.0.0.5")
-	out := outputFlag(fs)
-	return func(ctx context.Context, a *app, args []string) error {
-		if len(args) != 1 {
-			return usagef("want one SYSTEM_ID, got %d arguments", len(args))
-		}
+	check := func() error {
 		if *typ == "" {
 			return usageError{errors.New("--type is required (manual, webhook, ipmi or redfish)")}
 		}
-		c, err := a.client()
-		if err != nil {
-			return err
-		}
-		m, err := c.SetPower(ctx, args[0], *typ, params)
-		if err != nil {
-			return err
-		}
-		return emit(a.stdout, *out, m, machineDetails(m))
+		return nil
 	}
+	return machineCommand(fs, check, func(c *apiclient.Client, ctx context.Context, id string) (apiclient.Machine, error) {
+		return c.SetPower(ctx, id, *typ, params)
+	})
 }
 
 func setupPowerOn(fs *flag.FlagSet) action  { return setupPower(fs, true) }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrite-metal/ferrite/rackd"
@@ -110,6 +111,33 @@ func TestPowerEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := m.SystemID
+	// Once the rack has stopped (and flushed its events), before the region
+	// does: every power event is the region's, on the machine, once per
+	// command, and events list --system-id shows them.
+	t.Cleanup(func() {
+		evs, err := tr.Store.ListEvents(context.Background(), store.EventFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range evs {
+			if strings.HasPrefix(e.Type, "POWER_") {
+				got = append(got, e.Type+" "+e.SystemID+" "+e.Rack)
+			}
+		}
+		want := []string{"POWER_CONFIGURED ID ", "POWER_QUEUED ID rack1", "POWER_ON ID rack1",
+			"POWER_CONFIGURED ID ", "POWER_QUEUED ID rack1", "POWER_ON ID rack1", "POWER_QUEUED ID rack1", "POWER_FAILED ID rack1"}
+		for i := range want {
+			want[i] = strings.Replace(want[i], "ID", id, 1)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("power events (-want +got):\n%s", diff)
+		}
+		r := runCLI(t, env, "events", "list", "--system-id", id)
+		if r.Code != 0 || strings.Count(r.Stdout, "POWER_ON ") != 2 || strings.Count(r.Stdout, "POWER_FAILED ") != 1 {
+			t.Errorf("events list --system-id %s:\n%s%s", id, r.Stdout, r.Stderr)
+		}
+	})
 	runRealRack(t, tr)
 
 	// Without a power type, power-on is refused with a hint.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ type lifecycleStore interface {
 type lifecycleJSON struct {
 	Netboot          bool   `json:"netboot"`
 	DeployImage      string `json:"deploy_image"`
+	UserDataSize     int    `json:"user_data_size"` // bytes of the deployment's user-data; 0 = none
 	Owner            string `json:"owner"`
 	PreviousStatus   string `json:"previous_status"`
 	ErrorDescription string `json:"error_description"`
@@ -38,7 +40,7 @@ type lifecycleJSON struct {
 }
 
 func lifecycleOut(m store.Machine) lifecycleJSON {
-	j := lifecycleJSON{Netboot: m.Netboot, DeployImage: m.DeployImage, Owner: m.Owner,
+	j := lifecycleJSON{Netboot: m.Netboot, DeployImage: m.DeployImage, UserDataSize: m.UserDataSize, Owner: m.Owner,
 		PreviousStatus: m.PreviousStatus, ErrorDescription: m.ErrorDescription, StatusExpires: rfc3339(m.StatusExpires),
 		DiskCount: m.DiskCount, StorageBytes: m.StorageBytes}
 	if len(m.Inventory) > 0 && json.Valid(m.Inventory) { // checked on arrival; never emit broken JSON
@@ -62,9 +64,10 @@ func (s *Server) lifecycleRoutes(mux *http.ServeMux, auth func(http.HandlerFunc)
 
 // actionRequest is the optional JSON body of an action.
 type actionRequest struct {
-	Image   string `json:"image"`   // deploy
-	Erase   bool   `json:"erase"`   // release
-	Comment string `json:"comment"` // mark-broken
+	Image    string `json:"image"`     // deploy
+	UserData string `json:"user_data"` // deploy: base64 of the installed system's user-data
+	Erase    bool   `json:"erase"`     // release
+	Comment  string `json:"comment"`   // mark-broken
 }
 
 // stateErrorBody is a 409 for an action the machine's state refuses.
@@ -76,9 +79,10 @@ type stateErrorBody struct {
 // machineAction answers POST /api/v1/machines/{id}/{action}: 200 with the
 // machine after the action; 409 {"error": "cannot deploy a machine in state
 // Commissioning", "status": "Commissioning"} when its state does not allow
-// it; 400 for a bad body or image; 404 for an unknown machine. The power
-// command the action wants is queued after the state change; a failure to
-// queue it is recorded as POWER_FAILED and does not undo the change.
+// it; 400 for a bad body, image or user-data; 404 for an unknown machine.
+// The power command the action wants is queued after the state change; a
+// failure to queue it is recorded as POWER_FAILED and does not undo the
+// change.
 func (s *Server) machineAction(w http.ResponseWriter, r *http.Request, a store.Action) {
 	id := r.PathValue("id")
 	var body actionRequest
@@ -95,6 +99,17 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request, a store.A
 	if body.Image != "" && !imageNameRE.MatchString(body.Image) {
 		problems = append(problems, fmt.Sprintf("image: %q is not an image name like custom/NAME", body.Image))
 	}
+	var userData []byte
+	if body.UserData != "" {
+		var err error
+		userData, err = base64.StdEncoding.DecodeString(body.UserData)
+		switch {
+		case a != store.ActionDeploy:
+			problems = append(problems, "user_data: only for deploy")
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("user_data: not base64 (standard alphabet, padded): %v", err))
+		}
+	}
 	if body.Erase && a != store.ActionRelease {
 		problems = append(problems, "erase: only for release")
 	}
@@ -110,20 +125,8 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request, a store.A
 	}
 	owner, _ := r.Context().Value(tokenNameKey{}).(string)
 	res, err := s.store.ApplyAction(r.Context(), id, store.ActionRequest{
-		Action: a, Image: body.Image, Erase: body.Erase, Comment: body.Comment, Owner: owner})
-	var se *store.StateError
-	switch {
-	case errors.As(err, &se):
-		writeJSON(w, http.StatusConflict, stateErrorBody{Error: se.Error(), Status: se.Current})
-		return
-	case errors.Is(err, store.ErrNotFound):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	case errors.Is(err, store.ErrInvalid):
-		writeError(w, http.StatusBadRequest, sentinelMessage(err))
-		return
-	case err != nil:
-		s.storeError(w, r, string(a)+" machine", err)
+		Action: a, Image: body.Image, Erase: body.Erase, Comment: body.Comment, Owner: owner, UserData: userData})
+	if s.machineFailed(w, r, id, string(a)+" machine", err) {
 		return
 	}
 	log := s.log.With(zap.String("system_id", id), zap.String("action", string(a)))
@@ -238,13 +241,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 // (as MAAS allows).
 func (s *Server) deleteMachine(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	err := s.store.DeleteMachine(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	}
-	if err != nil {
-		s.storeError(w, r, "delete machine", err)
+	if s.machineFailed(w, r, id, "delete machine", s.store.DeleteMachine(r.Context(), id)) {
 		return
 	}
 	s.log.Info("machine deleted", zap.String("system_id", id))

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"mime/multipart"
@@ -103,6 +104,12 @@ func TestActionRequests(t *testing.T) {
 		{"comment with newline", path + "/mark-broken", `{"comment": "a\nb"}`, 400,
 			"comment: at most 1024 characters and no control characters or newlines"},
 		{"deploy unknown image", path + "/deploy", `{"image": "custom/nope"}`, 409, "cannot deploy a machine in state New"},
+		{"user-data on release", path + "/release", `{"user_data": "I2Nsb3VkLWNvbmZpZwo="}`, 400, "user_data: only for deploy"},
+		{"user-data not base64", path + "/deploy", `{"image": "custom/debian", "user_data": "#cloud-config"}`, 400,
+			"user_data: not base64 (standard alphabet, padded): illegal base64 data at input byte 0"},
+		{"user-data too large", path + "/deploy", `{"image": "custom/debian", "user_data": "` +
+			base64.StdEncoding.EncodeToString(make([]byte, store.MaxUserData+1)) + `"}`, 400,
+			"user-data: 16385 bytes, more than 16384 (16 KiB; cloud-init also reads gzipped user-data)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -122,12 +129,14 @@ func TestActionRequests(t *testing.T) {
 	if code != 400 || !strings.Contains(errorOf(t, b), "no image given") {
 		t.Errorf("deploy without image: %d %s", code, b)
 	}
-	code, b = do(t, e.ts, "POST", path+"/deploy", testToken, "application/json", strings.NewReader(`{"image": "custom/debian"}`))
+	code, b = do(t, e.ts, "POST", path+"/deploy", testToken, "application/json",
+		strings.NewReader(`{"image": "custom/debian", "user_data": "I2Nsb3VkLWNvbmZpZwo="}`))
 	var got machineJSON
 	if err := json.Unmarshal(b, &got); err != nil || code != 200 {
 		t.Fatalf("deploy: %d %s", code, b)
 	}
-	if got.Status != "Deploying" || got.DeployImage != "custom/debian" || got.Owner != "admin" || !got.Netboot || got.StatusExpires == "" {
+	if got.Status != "Deploying" || got.DeployImage != "custom/debian" || got.Owner != "admin" || !got.Netboot || got.StatusExpires == "" ||
+		got.UserDataSize != len("#cloud-config\n") {
 		t.Errorf("deploying machine: %+v", got)
 	}
 }

@@ -143,12 +143,7 @@ func (s *Server) machinePreseed(w http.ResponseWriter, r *http.Request, id strin
 		return
 	}
 	m, err := s.store.Machine(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	}
-	if err != nil {
-		s.storeError(w, r, "get machine", err)
+	if s.machineFailed(w, r, id, "get machine", err) {
 		return
 	}
 	b, err := s.machineCloudConfig(r, m)

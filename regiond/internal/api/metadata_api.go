@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -19,10 +21,11 @@ import (
 type metadataStore interface {
 	MachineCredentials(ctx context.Context, systemID string) (store.OAuthCredentials, error)
 	MachineByToken(ctx context.Context, tokenKey string) (store.Machine, store.OAuthCredentials, error)
-	SaveCommissioningResult(ctx context.Context, systemID, name string, data []byte) error
+	SaveResults(ctx context.Context, systemID string, results []store.CommissioningResult) error
 	CompleteCommissioning(ctx context.Context, systemID, from string, results []store.CommissioningResult, inv *store.InventorySummary) (store.Machine, error)
 	Transition(ctx context.Context, systemID, from, to, why string) (store.Machine, error)
-	SetNetboot(ctx context.Context, systemID string, on bool) error
+	SetNetboot(ctx context.Context, systemID string, on bool, req store.NetbootRequest) error
+	UserData(ctx context.Context, systemID string) ([]byte, error)
 	ResetStatusExpires(ctx context.Context, systemID string) error
 }
 
@@ -64,7 +67,7 @@ func (s *Server) metadataRoutes(mux *http.ServeMux) {
 
 // metadata dispatches /MAAS/metadata/... by path: the version index, the
 // status webhook, and per version the index, meta-data, user-data, POST
-// ops, and the anonymous preseeds.
+// ops, the anonymous preseeds and the anonymous by-id netboot ops.
 func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	rest := strings.Trim(strings.TrimPrefix(r.URL.Path, metadataPrefix), "/")
 	var parts []string
@@ -106,7 +109,7 @@ func (s *Server) metadataVersion(w http.ResponseWriter, r *http.Request, p []str
 		}
 	case len(p) == 1 && p[0] == "meta-data":
 		if allow(w, r, http.MethodGet) {
-			writeText(w, "instance-id\nlocal-hostname\npublic-keys\n")
+			writeText(w, "instance-id\nlocal-hostname\npublic-keys\nvendor-data\n")
 		}
 	case len(p) == 2 && p[0] == "meta-data":
 		if allow(w, r, http.MethodGet) {
@@ -121,7 +124,9 @@ func (s *Server) metadataVersion(w http.ResponseWriter, r *http.Request, p []str
 			s.enlistPreseed(w, r)
 		}
 	case len(p) == 2 && p[0] == "by-id":
-		if allow(w, r, http.MethodGet) {
+		if r.Method == http.MethodPost {
+			s.anonymousNetboot(w, r, p[1])
+		} else if allow(w, r, http.MethodGet, http.MethodPost) {
 			s.machinePreseed(w, r, p[1])
 		}
 	default:
@@ -181,6 +186,8 @@ func (s *Server) metaData(w http.ResponseWriter, r *http.Request, key string) {
 		writeText(w, m.Hostname)
 	case "public-keys":
 		writeText(w, "") // no owner SSH keys yet
+	case "vendor-data":
+		s.vendorData(w, r)
 	default:
 		s.noSuchEndpoint(w, r)
 	}
@@ -188,8 +195,8 @@ func (s *Server) metaData(w http.ResponseWriter, r *http.Request, key string) {
 
 // userData answers GET /MAAS/metadata/<v>/user-data. A Deploying machine
 // with netboot off is the installed system calling back: it becomes
-// Deployed (MAAS's rule) and, like a Deployed one, gets empty user-data
-// (Ferrite stores none of its own yet). Any other machine gets the
+// Deployed (MAAS's rule) and, like a Deployed one, gets the user-data the
+// operator gave with deploy (empty when none). Any other machine gets the
 // cloud-config of its job, the same document as its preseed.
 func (s *Server) userData(w http.ResponseWriter, r *http.Request) {
 	m, ok := s.machineAuth(w, r)
@@ -213,9 +220,15 @@ func (s *Server) userData(w http.ResponseWriter, r *http.Request) {
 		m.Status = store.StatusDeployed
 	}
 	if m.Status == store.StatusDeployed {
+		ud, err := s.store.UserData(r.Context(), m.SystemID)
+		if err != nil {
+			s.storeError(w, r, "read user-data", err)
+			return
+		}
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Cache-Control", "no-store")
 		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(ud)
 		return
 	}
 	b, err := s.machineCloudConfig(r, m)
@@ -273,11 +286,7 @@ func (s *Server) machineCloudConfig(r *http.Request, m store.Machine) ([]byte, e
 		PowerState:  preseed.PowerStateFor(job),
 		Credentials: &preseed.Credentials{ConsumerKey: creds.ConsumerKey, TokenKey: creds.TokenKey, TokenSecret: creds.TokenSecret},
 	}
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		p.LogHost = strings.Trim(h, "[]")
-	} else {
-		p.LogHost = strings.Trim(host, "[]")
-	}
+	p.LogHost = logHost(host)
 	if job == preseed.JobDeploy {
 		d, err := s.deployImage(r.Context(), m)
 		if err != nil {
@@ -287,6 +296,83 @@ func (s *Server) machineCloudConfig(r *http.Request, m store.Machine) ([]byte, e
 		p.Deploy = &d
 	}
 	return preseed.Render(p)
+}
+
+// logHost is the syslog target for a machine that reached the region
+// through host (requestHost's answer): that rack, without its HTTP port.
+func logHost(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return strings.Trim(h, "[]")
+	}
+	return strings.Trim(host, "[]")
+}
+
+// vendorCloudConfig is the cloud-config of vendor-data: what the region
+// knows of the machine's network that the installed system should use.
+type vendorCloudConfig struct {
+	NTP     *vendorNTP       `json:"ntp,omitempty"` // only when known: cloud-init falls back to public pools
+	Rsyslog *preseed.Rsyslog `json:"rsyslog,omitempty"`
+}
+
+type vendorNTP struct {
+	Servers []string `json:"servers"`
+}
+
+// vendorData answers GET /MAAS/metadata/<v>/meta-data/vendor-data, which
+// cloud-init's MAAS datasource reads as YAML and applies beside the
+// user-data: {"cloud-init": "#cloud-config\n{...}"} (JSON is YAML; cloud-init
+// takes the "cloud-init" key). It forwards syslog to the rack the request
+// came through (as the preseed does) and, when the subnet of the machine's
+// address (clientIP) names NTP servers, sets them.
+func (s *Server) vendorData(w http.ResponseWriter, r *http.Request) {
+	host, err := requestHost(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	cc := vendorCloudConfig{Rsyslog: &preseed.Rsyslog{Remotes: map[string]string{
+		"ferrite": net.JoinHostPort(logHost(host), strconv.Itoa(preseed.DefaultLogPort))}}}
+	if ip, err := netip.ParseAddr(clientIP(r)); err == nil {
+		subnets, err := s.store.ListSubnets(r.Context())
+		if err != nil {
+			s.storeError(w, r, "list subnets", err)
+			return
+		}
+		for _, sn := range subnets {
+			if sn.CIDR.Contains(ip) && len(sn.NTPServers) > 0 {
+				cc.NTP = &vendorNTP{}
+				for _, a := range sn.NTPServers {
+					cc.NTP.Servers = append(cc.NTP.Servers, a.String())
+				}
+				break
+			}
+		}
+	}
+	// Strings, slices and maps of strings: json.Marshal cannot fail.
+	inner, _ := json.Marshal(cc)
+	doc, _ := json.Marshal(map[string]string{"cloud-init": preseed.Header + "\n" + string(inner) + "\n"})
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(doc, '\n'))
+}
+
+// clientIP is the machine's address behind r, for events and vendor-data:
+// the last X-Forwarded-For entry (the rack's /MAAS/ proxy appends the
+// address the machine came from), else the peer's; "" when neither parses.
+// It proves nothing: a client that reaches the region directly writes the
+// header itself.
+func clientIP(r *http.Request) string {
+	if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+		hops := strings.Split(xff[len(xff)-1], ",")
+		if a, err := netip.ParseAddr(strings.TrimSpace(hops[len(hops)-1])); err == nil {
+			return a.Unmap().WithZone("").String()
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().WithZone("").String()
+	}
+	return ""
 }
 
 // deployImage finds the root-dd file of m's deploy image for its
@@ -321,7 +407,7 @@ func (s *Server) cloudConfigError(w http.ResponseWriter, r *http.Request, m stor
 	case errors.As(err, &br):
 		writeError(w, http.StatusBadRequest, br.msg)
 	case errors.Is(err, store.ErrNotFound):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", m.SystemID))
+		writeError(w, http.StatusNotFound, noMachine(m.SystemID))
 	default:
 		if strings.HasPrefix(err.Error(), "render preseed") {
 			s.log.Error("render preseed", zap.String("system_id", m.SystemID), zap.Error(err))
@@ -332,14 +418,14 @@ func (s *Server) cloudConfigError(w http.ResponseWriter, r *http.Request, m stor
 	}
 }
 
-// metadataPost answers POST /MAAS/metadata/<v>/ with op=signal,
-// op=netboot_off or op=netboot_on (in the query or the form).
-func (s *Server) metadataPost(w http.ResponseWriter, r *http.Request) {
-	m, ok := s.machineAuth(w, r)
-	if !ok {
-		return
-	}
-	form, err := parseSignalBody(r.Header.Get("Content-Type"), http.MaxBytesReader(w, r.Body, maxSignalBody))
+// maxNetbootBody bounds the form of an anonymous by-id POST (curtin's late
+// command sends "op=netboot_off").
+const maxNetbootBody = 4 << 10
+
+// readForm parses r's form body within limit, or answers 400 (413 when too
+// large) and returns false.
+func readForm(w http.ResponseWriter, r *http.Request, limit int64) (signalForm, bool) {
+	form, err := parseSignalBody(r.Header.Get("Content-Type"), http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		code := http.StatusBadRequest
 		var mbe *http.MaxBytesError
@@ -347,18 +433,36 @@ func (s *Server) metadataPost(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusRequestEntityTooLarge
 		}
 		writeError(w, code, err.Error())
+		return form, false
+	}
+	return form, true
+}
+
+// formOp is the op of a POST: in the query, else in the form.
+func formOp(r *http.Request, form signalForm) string {
+	if op := r.URL.Query().Get("op"); op != "" {
+		return op
+	}
+	return form.get("op")
+}
+
+// metadataPost answers POST /MAAS/metadata/<v>/ with op=signal,
+// op=netboot_off or op=netboot_on (in the query or the form).
+func (s *Server) metadataPost(w http.ResponseWriter, r *http.Request) {
+	m, ok := s.machineAuth(w, r)
+	if !ok {
 		return
 	}
-	op := r.URL.Query().Get("op")
-	if op == "" {
-		op = form.get("op")
+	form, ok := readForm(w, r, maxSignalBody)
+	if !ok {
+		return
 	}
-	switch op {
+	switch op := formOp(r, form); op {
 	case "signal":
 		s.signal(w, r, m, form)
 	case "netboot_off", "netboot_on":
 		on := op == "netboot_on"
-		if err := s.store.SetNetboot(r.Context(), m.SystemID, on); err != nil {
+		if err := s.store.SetNetboot(r.Context(), m.SystemID, on, store.NetbootRequest{IP: clientIP(r), Why: "the machine asked"}); err != nil {
 			s.storeError(w, r, "set netboot", err)
 			return
 		}
@@ -369,68 +473,38 @@ func (s *Server) metadataPost(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// maxWebhookBody bounds a cloud-init reporting event.
-const maxWebhookBody = 4 << 20
-
-// cloudInitEvent is a cloud-init (or curtin) reporting event.
-type cloudInitEvent struct {
-	EventType   string  `json:"event_type"` // start, progress, finish
-	Origin      string  `json:"origin"`
-	Name        string  `json:"name"` // "modules-final", "init-network/config-..."
-	Description string  `json:"description"`
-	Result      string  `json:"result"` // SUCCESS, FAIL, WARN (finish)
-	Timestamp   float64 `json:"timestamp"`
-}
-
-// statusWebhook answers POST /MAAS/metadata/status/<system_id>: one
-// cloud-init reporting event, recorded as a CLOUD_INIT event. A top-level
-// (no '/' in the name) finish with result FAIL during Commissioning fails
-// commissioning.
-func (s *Server) statusWebhook(w http.ResponseWriter, r *http.Request, systemID string) {
-	m, ok := s.machineAuth(w, r)
+// anonymousNetboot answers POST /MAAS/metadata/<v>/by-id/<system_id>/ with
+// op=netboot_off or op=netboot_on (query or form), anonymously as MAAS
+// answers curtin's late command. The guard: only a Deploying machine
+// changes (else 409 with its state, nothing changes), so an anonymous
+// caller can neither keep a deployed machine from its disk nor send another
+// into the installer; the NETBOOT_OFF/NETBOOT_ON event records the
+// requester's address.
+func (s *Server) anonymousNetboot(w http.ResponseWriter, r *http.Request, id string) {
+	form, ok := readForm(w, r, maxNetbootBody)
 	if !ok {
 		return
 	}
-	if m.SystemID != systemID {
-		writeError(w, http.StatusForbidden, "this token belongs to another machine")
+	op := formOp(r, form)
+	if op != "netboot_off" && op != "netboot_on" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("op: want netboot_off or netboot_on, got %q", trunc(op)))
 		return
 	}
-	var ev cloudInitEvent
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxWebhookBody))
-	if err := dec.Decode(&ev); err != nil {
-		code := http.StatusBadRequest
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			code = http.StatusRequestEntityTooLarge
-		}
-		writeError(w, code, "cloud-init event: "+err.Error())
+	ip := clientIP(r)
+	err := s.store.SetNetboot(r.Context(), id, op == "netboot_on",
+		store.NetbootRequest{IP: ip, Why: "anonymous request", OnlyIn: store.StatusDeploying})
+	var se *store.StateError
+	if errors.As(err, &se) {
+		writeJSON(w, http.StatusConflict, stateErrorBody{
+			Error:  fmt.Sprintf("machine %s is %s: netboot changes anonymously only while it is %s", id, se.Current, store.StatusDeploying),
+			Status: se.Current,
+		})
 		return
 	}
-	if ev.EventType == "" || ev.Name == "" {
-		writeError(w, http.StatusBadRequest, "cloud-init event: event_type and name are required")
+	if s.machineFailed(w, r, id, "set netboot", err) {
 		return
 	}
-	desc := clip(ev.EventType+" "+ev.Name, 200)
-	if ev.Result != "" {
-		desc += " " + clip(ev.Result, 16)
-	}
-	if ev.Description != "" {
-		desc += ": " + clip(ev.Description, 1000)
-	}
-	desc = printable(desc)
-	if err := s.store.AddEvents(r.Context(), store.Event{Type: "CLOUD_INIT", SystemID: m.SystemID, Description: desc}); err != nil {
-		s.storeError(w, r, "record cloud-init event", err)
-		return
-	}
-	if ev.EventType == "finish" && ev.Result == "FAIL" && !strings.Contains(ev.Name, "/") && m.Status == store.StatusCommissioning {
-		_, err := s.store.Transition(r.Context(), m.SystemID, store.StatusCommissioning, store.StatusFailedCommissioning,
-			printable(clip("cloud-init "+ev.Name+" failed: "+ev.Description, 1000)))
-		var se *store.StateError
-		if err != nil && !errors.As(err, &se) {
-			s.storeError(w, r, "fail commissioning", err)
-			return
-		}
-	}
+	s.log.Info("netboot (anonymous)", zap.String("system_id", id), zap.String("op", op), zap.String("ip", ip))
 	writeText(w, "OK\n")
 }
 

@@ -28,16 +28,27 @@ func oauthHeader(c preseed.Credentials) string {
 // mdo is do with an OAuth header (none when auth is "").
 func mdo(t testing.TB, e *testEnv, method, path, auth, contentType string, body io.Reader) (int, []byte) {
 	t.Helper()
+	h := http.Header{}
+	if auth != "" {
+		h.Set("Authorization", auth)
+	}
+	if contentType != "" {
+		h.Set("Content-Type", contentType)
+	}
+	return mdoHeader(t, e, method, path, h, body)
+}
+
+// mdoHeader sends a machine's request through "the rack" (Host
+// 10.0.0.2:5248) with these headers.
+func mdoHeader(t testing.TB, e *testEnv, method, path string, h http.Header, body io.Reader) (int, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, e.ts.URL+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Host = "10.0.0.2:5248" // as through the rack
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	for k, vs := range h {
+		req.Header[k] = vs
 	}
 	resp, err := e.ts.Client().Do(req)
 	if err != nil {
@@ -162,7 +173,7 @@ func TestMetadataPreseedPerState(t *testing.T) {
 		t.Errorf("deploy preseed: %+v deploy %+v power %+v, want deploy %+v and reboot", d.Ferrite, d.Ferrite.Deploy, d.PowerState, wantDeploy)
 	}
 	// Netboot off: the installed system; it no longer gets the deploy job.
-	if err := e.store.SetNetboot(ctx, dep.SystemID, false); err != nil {
+	if err := e.store.SetNetboot(ctx, dep.SystemID, false, store.NetbootRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if d := preseedOf(t, e, dep.SystemID); d.Ferrite.Job != "poweroff" {
@@ -206,7 +217,7 @@ func TestMetadataReads(t *testing.T) {
 	}{
 		{"versions", "/MAAS/metadata/", "", 200, "2012-03-01\nlatest\n"},
 		{"version index", "/MAAS/metadata/2012-03-01/", auth, 200, "meta-data\nuser-data\n"},
-		{"meta-data index", "/MAAS/metadata/latest/meta-data/", auth, 200, "instance-id\nlocal-hostname\npublic-keys\n"},
+		{"meta-data index", "/MAAS/metadata/latest/meta-data/", auth, 200, "instance-id\nlocal-hostname\npublic-keys\nvendor-data\n"},
 		{"instance-id", "/MAAS/metadata/2012-03-01/meta-data/instance-id", auth, 200, m.SystemID},
 		{"doubled slashes", "/MAAS/metadata//2012-03-01//meta-data/instance-id", auth, 200, m.SystemID},
 		{"local-hostname", "/MAAS/metadata/latest/meta-data/local-hostname", auth, 200, m.Hostname},

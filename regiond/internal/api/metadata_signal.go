@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,12 +249,12 @@ func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine,
 			if m.Status == store.StatusTesting {
 				to = store.StatusFailedTesting
 			}
-			if err = s.saveResults(ctx, m.SystemID, results); err == nil {
+			if err = s.store.SaveResults(ctx, m.SystemID, results); err == nil {
 				_, err = s.store.Transition(ctx, m.SystemID, m.Status, to, failReason(errText, m.Status))
 			}
 			results = nil
 		case status == "TESTING" && m.Status == store.StatusCommissioning:
-			if err = s.saveResults(ctx, m.SystemID, results); err == nil {
+			if err = s.store.SaveResults(ctx, m.SystemID, results); err == nil {
 				_, err = s.store.Transition(ctx, m.SystemID, m.Status, store.StatusTesting, "testing started")
 			}
 			results = nil
@@ -280,7 +279,7 @@ func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine,
 		return
 	}
 	if err == nil && len(results) > 0 { // progress signals may carry results too
-		err = s.saveResults(ctx, m.SystemID, results)
+		err = s.store.SaveResults(ctx, m.SystemID, results)
 	}
 	if err == nil {
 		err = s.store.AddEvents(ctx, store.Event{Type: "SIGNAL", SystemID: m.SystemID, Description: signalDescription(why, form.Files)})
@@ -300,16 +299,6 @@ func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine,
 	s.log.Info("signal", zap.String("system_id", m.SystemID), zap.String("status", status),
 		zap.String("machine_status", m.Status), zap.Int("files", len(form.Files)))
 	writeText(w, "OK\n")
-}
-
-// saveResults stores result files one by one (outside CompleteCommissioning).
-func (s *Server) saveResults(ctx context.Context, systemID string, results []store.CommissioningResult) error {
-	for _, res := range results {
-		if err := s.store.SaveCommissioningResult(ctx, systemID, res.Name, res.Data); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func failReason(errText, status string) string {

@@ -73,16 +73,7 @@ func (s *Server) setPower(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "type: required (manual, webhook, ipmi or redfish)")
 		return
 	}
-	err := s.store.SetPower(r.Context(), id, *req.Type, req.Parameters)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	case errors.Is(err, store.ErrInvalid):
-		writeError(w, http.StatusBadRequest, sentinelMessage(err))
-		return
-	case err != nil:
-		s.storeError(w, r, "set power", err)
+	if s.machineFailed(w, r, id, "set power", s.store.SetPower(r.Context(), id, *req.Type, req.Parameters)) {
 		return
 	}
 	s.getMachine(w, r)
@@ -127,11 +118,7 @@ func (s *Server) powerOff(w http.ResponseWriter, r *http.Request) {
 // machine without a power type is 409; no rack to run it, 503.
 func (s *Server) queuePowerAction(w http.ResponseWriter, r *http.Request, action string) {
 	id := r.PathValue("id")
-	if _, err := s.store.Machine(r.Context(), id); errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	} else if err != nil {
-		s.storeError(w, r, "get machine", err)
+	if _, err := s.store.Machine(r.Context(), id); s.machineFailed(w, r, id, "get machine", err) {
 		return
 	}
 	cmdID, err := s.store.QueuePowerCommand(r.Context(), id, action)
@@ -178,12 +165,7 @@ func (s *Server) listPowerCommands(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	cmds, err := s.store.PowerCommands(r.Context(), id, limit)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	}
-	if err != nil {
-		s.storeError(w, r, "list power commands", err)
+	if s.machineFailed(w, r, id, "list power commands", err) {
 		return
 	}
 	out := make([]powerCommandJSON, 0, len(cmds))

@@ -354,16 +354,33 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	m, err := s.store.Machine(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no machine with system_id %q", id))
-		return
-	}
-	if err != nil {
-		s.storeError(w, r, "get machine", err)
+	if s.machineFailed(w, r, id, "get machine", err) {
 		return
 	}
 	writeJSON(w, http.StatusOK, machineOut(m))
 }
+
+// machineFailed answers err, from what was asked of machine id, and reports
+// whether there was one: 404 for an unknown machine, 409 with its state for
+// a state that refuses it, 400 for bad input, else a store error.
+func (s *Server) machineFailed(w http.ResponseWriter, r *http.Request, id, what string, err error) bool {
+	var se *store.StateError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &se):
+		writeJSON(w, http.StatusConflict, stateErrorBody{Error: se.Error(), Status: se.Current})
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, noMachine(id))
+	case errors.Is(err, store.ErrInvalid):
+		writeError(w, http.StatusBadRequest, sentinelMessage(err))
+	default:
+		s.storeError(w, r, what, err)
+	}
+	return true
+}
+
+func noMachine(id string) string { return fmt.Sprintf("no machine with system_id %q", id) }
 
 type setInterfaceIPRequest struct {
 	IP *string `json:"ip"`

@@ -76,7 +76,7 @@ func TestBootPurposePerState(t *testing.T) {
 				case "deploy", "rescue", "mark-broken":
 					_, err = e.store.ApplyAction(ctx, m.SystemID, store.ActionRequest{Action: store.Action(step), Image: "custom/debian"})
 				case "netboot-off":
-					err = e.store.SetNetboot(ctx, m.SystemID, false)
+					err = e.store.SetNetboot(ctx, m.SystemID, false, store.NetbootRequest{})
 				default:
 					cur, _ := e.store.Machine(ctx, m.SystemID)
 					_, err = e.store.Transition(ctx, m.SystemID, cur.Status, step, "")

@@ -220,7 +220,14 @@ type ActionRequest struct {
 	Erase   bool   // release: erase disks (recorded; not carried out yet)
 	Comment string // mark-broken: why
 	Owner   string // deploy: who allocates the machine (API token name)
+	// UserData is deploy's user-data for the installed system (at most
+	// MaxUserData bytes); it replaces the machine's, nil = none.
+	UserData []byte
 }
+
+// MaxUserData bounds a deployment's user-data: EC2's 16 KiB, which
+// cloud-init's own gzip support stretches far enough.
+const MaxUserData = 16 << 10
 
 // ActionResult is what an action did.
 type ActionResult struct {
@@ -333,8 +340,9 @@ const (
 // as a STATUS_CHANGED event. The result says which power command to send.
 //
 //	commission   New, Ready, Failed commissioning/testing, Broken → Commissioning (netboot on); power cycle
-//	deploy       Ready → Allocated → Deploying, Allocated → Deploying (root-dd image of the machine's arch; netboot on); power cycle
-//	release      Allocated, Deployed, Deploying, Failed deployment/releasing/rescue → Releasing; power off,
+//	deploy       Ready → Allocated → Deploying, Allocated → Deploying (root-dd image of the machine's arch; netboot on;
+//	             user-data replaced by the request's); power cycle
+//	release      Allocated, Deployed, Deploying, Failed deployment/releasing/rescue → Releasing (user-data cleared); power off,
 //	             then Ready once the machine is off (PowerCompleted), at once without a power command
 //	rescue       Ready, Deployed, Broken, Failed deployment/commissioning/testing/entering rescue → Entering rescue mode; power cycle
 //	exit-rescue  Rescue mode, Failed to enter/exit rescue mode → Exiting rescue mode → the state before rescue
@@ -347,6 +355,10 @@ const (
 func (s *Store) ApplyAction(ctx context.Context, systemID string, req ActionRequest) (ActionResult, error) {
 	if _, ok := actionVerb[req.Action]; !ok {
 		return ActionResult{}, fmt.Errorf("machine %s: unknown action %q: %w", systemID, req.Action, ErrInvalid)
+	}
+	if len(req.UserData) > MaxUserData {
+		return ActionResult{}, fmt.Errorf("user-data: %d bytes, more than %d (%d KiB; cloud-init also reads gzipped user-data): %w",
+			len(req.UserData), MaxUserData, MaxUserData>>10, ErrInvalid)
 	}
 	var power string
 	err := s.tx(ctx, func(tx pgx.Tx) error {
@@ -406,8 +418,12 @@ func applyAction(ctx context.Context, tx pgx.Tx, r *lifecycleRow, req ActionRequ
 		if n == 0 {
 			return "", fmt.Errorf("no %s image %q for %s (see ferrite images list): %w", KindRootDD, image, r.arch, ErrInvalid)
 		}
-		if _, err := tx.Exec(ctx, "UPDATE machines SET deploy_image = $2, owner = NULLIF($3, '') WHERE system_id = $1",
-			r.systemID, image, req.Owner); err != nil {
+		userData := req.UserData
+		if len(userData) == 0 {
+			userData = nil // stored as NULL: none
+		}
+		if _, err := tx.Exec(ctx, "UPDATE machines SET deploy_image = $2, owner = NULLIF($3, ''), user_data = $4 WHERE system_id = $1",
+			r.systemID, image, req.Owner, userData); err != nil {
 			return "", fmt.Errorf("set deploy image: %w", err)
 		}
 		if err := setNetboot(ctx, tx, r.systemID, true); err != nil {
@@ -432,8 +448,8 @@ func applyAction(ctx context.Context, tx pgx.Tx, r *lifecycleRow, req ActionRequ
 		if err := move(ctx, tx, r, StatusReleasing, why, ""); err != nil {
 			return "", err
 		}
-		if _, err := tx.Exec(ctx, "UPDATE machines SET owner = NULL WHERE system_id = $1", r.systemID); err != nil {
-			return "", fmt.Errorf("clear owner: %w", err)
+		if _, err := tx.Exec(ctx, "UPDATE machines SET owner = NULL, user_data = NULL WHERE system_id = $1", r.systemID); err != nil {
+			return "", fmt.Errorf("clear owner and user-data: %w", err)
 		}
 		if cmd == "" {
 			return "", move(ctx, tx, r, StatusReady, "", "")
@@ -520,27 +536,50 @@ func setNetboot(ctx context.Context, tx pgx.Tx, systemID string, on bool) error 
 	return nil
 }
 
+// NetbootRequest says who asks to change a machine's netboot flag.
+type NetbootRequest struct {
+	IP  string // the requester's address, recorded with the event ("" = unknown)
+	Why string // the event's description, e.g. "anonymous request"
+	// OnlyIn, when set, is the state the machine must be in: in any other
+	// it is a *StateError and nothing changes.
+	OnlyIn string
+}
+
 // SetNetboot turns PXE booting into the installer on or off (MAAS's
 // op=netboot_off once the image is written: a Deploying machine with
 // netboot off boots its disk) and records NETBOOT_ON/NETBOOT_OFF.
-func (s *Store) SetNetboot(ctx context.Context, systemID string, on bool) error {
+func (s *Store) SetNetboot(ctx context.Context, systemID string, on bool, req NetbootRequest) error {
+	typ := "NETBOOT_OFF"
+	if on {
+		typ = "NETBOOT_ON"
+	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		if _, err := lockMachine(ctx, tx, systemID); err != nil {
+		r, err := lockMachine(ctx, tx, systemID)
+		if err != nil {
 			return err
+		}
+		if req.OnlyIn != "" && r.status != req.OnlyIn {
+			return &StateError{Current: r.status, Target: req.OnlyIn}
 		}
 		if err := setNetboot(ctx, tx, systemID, on); err != nil {
 			return err
 		}
-		typ := "NETBOOT_OFF"
-		if on {
-			typ = "NETBOOT_ON"
-		}
-		return insertEvents(ctx, tx, []Event{{Type: typ, SystemID: systemID}})
+		return insertEvents(ctx, tx, []Event{{Type: typ, SystemID: systemID, IP: req.IP, Description: req.Why}})
 	})
 	if err != nil {
 		return fmt.Errorf("set netboot of %s: %w", systemID, err)
 	}
 	return nil
+}
+
+// UserData returns the user-data of the machine's deployment (nil when it
+// has none), or ErrNotFound for an unknown machine.
+func (s *Store) UserData(ctx context.Context, systemID string) ([]byte, error) {
+	var b []byte
+	if err := s.pool.QueryRow(ctx, "SELECT user_data FROM machines WHERE system_id = $1", systemID).Scan(&b); err != nil {
+		return nil, notFound(err, "user-data of machine "+systemID)
+	}
+	return b, nil
 }
 
 // Transition moves a machine from one state to another on the machine's own

@@ -224,7 +224,7 @@ func TestLifecycleWalk(t *testing.T) {
 	if got.DeployImage != "custom/debian" || got.Owner != "admin" || !got.Netboot {
 		t.Errorf("deploying: image %q owner %q netboot %v", got.DeployImage, got.Owner, got.Netboot)
 	}
-	if err := s.SetNetboot(ctx, m.SystemID, false); err != nil {
+	if err := s.SetNetboot(ctx, m.SystemID, false, store.NetbootRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Transition(ctx, m.SystemID, store.StatusDeploying, store.StatusDeployed, "deployed OS called back"); err != nil {
@@ -521,5 +521,123 @@ func TestStateErrorMessage(t *testing.T) {
 	var se *store.StateError
 	if !errors.As(err, &se) || se.Error() != "cannot deploy a machine in state Commissioning" || !errors.Is(err, store.ErrConflict) {
 		t.Errorf("%v", err)
+	}
+}
+
+func TestUserData(t *testing.T) {
+	t.Parallel()
+	s, url := newStore(t)
+	ctx := ctxT(t)
+	addRootDD(t, s, "custom/debian", "amd64/generic")
+	m := lifecycleMachine(t, s, "52:54:00:00:30:01")
+	setState(t, url, m.SystemID, store.StatusReady, "")
+	cloudConfig := []byte("#cloud-config\nruncmd: [touch /ok]\n")
+	biggest := []byte(strings.Repeat("x", store.MaxUserData))
+	deploy := func(ud []byte) store.ActionRequest {
+		return store.ActionRequest{Action: store.ActionDeploy, Image: "custom/debian", UserData: ud}
+	}
+	type state struct {
+		Status   string
+		UserData []byte
+		Size     int
+	}
+	// Steps on one machine, in order: each starts where the last ended.
+	steps := []struct {
+		name    string
+		req     store.ActionRequest
+		wantErr error
+		want    state
+	}{
+		{"deploy stores it", deploy(cloudConfig), nil, state{store.StatusDeploying, cloudConfig, len(cloudConfig)}},
+		{"a refused action keeps it", deploy(nil), store.ErrConflict, state{store.StatusDeploying, cloudConfig, len(cloudConfig)}},
+		{"abort keeps it", store.ActionRequest{Action: store.ActionAbort}, nil, state{store.StatusAllocated, cloudConfig, len(cloudConfig)}},
+		{"deploy without replaces it with none", deploy(nil), nil, state{store.StatusDeploying, nil, 0}},
+		{"abort again", store.ActionRequest{Action: store.ActionAbort}, nil, state{store.StatusAllocated, nil, 0}},
+		{"empty is none", deploy([]byte{}), nil, state{store.StatusDeploying, nil, 0}},
+		{"abort once more", store.ActionRequest{Action: store.ActionAbort}, nil, state{store.StatusAllocated, nil, 0}},
+		{"the bound itself", deploy(biggest), nil, state{store.StatusDeploying, biggest, store.MaxUserData}},
+		{"release clears it", store.ActionRequest{Action: store.ActionRelease}, nil, state{store.StatusReady, nil, 0}},
+		{"one byte too many", deploy(append(biggest, 'x')), store.ErrInvalid, state{store.StatusReady, nil, 0}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			_, err := s.ApplyAction(ctx, m.SystemID, st.req)
+			if !errors.Is(err, st.wantErr) {
+				t.Fatalf("%s: %v, want %v", st.req.Action, err, st.wantErr)
+			}
+			got, err := s.Machine(ctx, m.SystemID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ud, err := s.UserData(ctx, m.SystemID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(st.want, state{got.Status, ud, got.UserDataSize}); diff != "" {
+				t.Errorf("after %s (-want +got):\n%s", st.req.Action, diff)
+			}
+		})
+	}
+	if _, err := s.UserData(ctx, "zzzzzz"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("user-data of an unknown machine: %v, want ErrNotFound", err)
+	}
+}
+
+func TestSetNetboot(t *testing.T) {
+	t.Parallel()
+	s, url := newStore(t)
+	ctx := ctxT(t)
+	m := lifecycleMachine(t, s, "52:54:00:00:31:01")
+	tests := []struct {
+		name      string
+		status    string
+		on        bool
+		req       store.NetbootRequest
+		wantErr   error
+		wantBoot  bool
+		wantEvent *store.Event // nil: none recorded
+	}{
+		{"any state without a guard", store.StatusReady, false, store.NetbootRequest{Why: "the machine asked"}, nil, false,
+			&store.Event{Type: "NETBOOT_OFF", Description: "the machine asked"}},
+		{"guarded, in the state", store.StatusDeploying, false, store.NetbootRequest{IP: "10.0.0.50", Why: "anonymous request", OnlyIn: store.StatusDeploying},
+			nil, false, &store.Event{Type: "NETBOOT_OFF", IP: "10.0.0.50", Description: "anonymous request"}},
+		{"guarded, on again", store.StatusDeploying, true, store.NetbootRequest{IP: "fd00::50", OnlyIn: store.StatusDeploying},
+			nil, true, &store.Event{Type: "NETBOOT_ON", IP: "fd00::50"}},
+		{"guarded, another state: nothing changes", store.StatusDeployed, false, store.NetbootRequest{IP: "10.0.0.50", OnlyIn: store.StatusDeploying},
+			store.ErrConflict, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			exec(t, url, "UPDATE machines SET status = $2, netboot = true WHERE system_id = $1", m.SystemID, tc.status)
+			before := len(events(t, s, m.SystemID, "NETBOOT_OFF")) + len(events(t, s, m.SystemID, "NETBOOT_ON"))
+			err := s.SetNetboot(ctx, m.SystemID, tc.on, tc.req)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("SetNetboot: %v, want %v", err, tc.wantErr)
+			}
+			var se *store.StateError
+			if tc.wantErr != nil && (!errors.As(err, &se) || se.Current != tc.status) {
+				t.Errorf("error %v does not name the state %s", err, tc.status)
+			}
+			got, _ := s.Machine(ctx, m.SystemID)
+			if got.Netboot != tc.wantBoot {
+				t.Errorf("netboot %v, want %v", got.Netboot, tc.wantBoot)
+			}
+			after := len(events(t, s, m.SystemID, "NETBOOT_OFF")) + len(events(t, s, m.SystemID, "NETBOOT_ON"))
+			if tc.wantEvent == nil {
+				if after != before {
+					t.Errorf("%d netboot events recorded, want none", after-before)
+				}
+				return
+			}
+			e := lastEvent(t, s, m.SystemID)
+			want := *tc.wantEvent
+			want.SystemID = m.SystemID
+			if diff := cmp.Diff(want, store.Event{Type: e.Type, SystemID: e.SystemID, IP: e.IP, Description: e.Description}); diff != "" {
+				t.Errorf("event (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if err := s.SetNetboot(ctx, "zzzzzz", false, store.NetbootRequest{}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown machine: %v, want ErrNotFound", err)
 	}
 }

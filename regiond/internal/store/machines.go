@@ -30,6 +30,7 @@ type Machine struct {
 	// Lifecycle (lifecycle.go); ignored by EnlistMachine.
 	Netboot          bool      // PXE boots the installer while Deploying; off once the image is written
 	DeployImage      string    // root-dd image the last deploy wrote, e.g. custom/debian-12
+	UserDataSize     int       // bytes of the operator's user-data of this deployment (UserData); 0 = none
 	Owner            string    // API token name that allocated the machine
 	PreviousStatus   string    // where abort, exit-rescue and mark-fixed return to
 	ErrorDescription string    // why it failed or was marked broken
@@ -209,7 +210,7 @@ const machineSelect = `
 			ORDER BY i.id = m.boot_interface_id DESC NULLS LAST, i.id),
 		COALESCE((SELECT i.mac::text FROM interfaces i WHERE i.id = m.boot_interface_id), ''),
 		m.netboot, COALESCE(m.deploy_image, ''), COALESCE(m.owner, ''), m.previous_status, m.error_description,
-		m.status_expires, m.disk_count, m.storage_bytes,
+		m.status_expires, m.disk_count, m.storage_bytes, COALESCE(octet_length(m.user_data), 0),
 		(SELECT c.output FROM commissioning_results c WHERE c.system_id = m.system_id AND c.name = 'inventory.json'
 			ORDER BY c.created DESC, c.id DESC LIMIT 1)
 	FROM machines m `
@@ -228,7 +229,7 @@ func (s *Store) machines(ctx context.Context, where string, args ...any) ([]Mach
 		if err := rows.Scan(&m.SystemID, &m.Hostname, &m.Status, &m.Arch, &m.HardwareUUID,
 			&m.CPUCount, &m.MemoryMB, &m.Created, &m.MACs, &ips, &m.BootMAC,
 			&m.Netboot, &m.DeployImage, &m.Owner, &m.PreviousStatus, &m.ErrorDescription, &expires,
-			&m.DiskCount, &m.StorageBytes, &m.Inventory); err != nil {
+			&m.DiskCount, &m.StorageBytes, &m.UserDataSize, &m.Inventory); err != nil {
 			return nil, err
 		}
 		if expires != nil {

@@ -123,16 +123,20 @@ func setInventory(ctx context.Context, tx pgx.Tx, systemID string, inv Inventory
 	return nil
 }
 
-// SaveCommissioningResult stores one result file of a machine.
-func (s *Store) SaveCommissioningResult(ctx context.Context, systemID, name string, data []byte) error {
+// SaveResults stores result files of a machine (commissioning scripts'
+// output, files cloud-init reported) in one transaction.
+func (s *Store) SaveResults(ctx context.Context, systemID string, results []CommissioningResult) error {
+	if len(results) == 0 {
+		return nil
+	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		if _, err := lockMachine(ctx, tx, systemID); err != nil {
 			return err
 		}
-		return saveResults(ctx, tx, systemID, []CommissioningResult{{Name: name, Data: data}})
+		return saveResults(ctx, tx, systemID, results)
 	})
 	if err != nil {
-		return fmt.Errorf("save commissioning result of %s: %w", systemID, err)
+		return fmt.Errorf("save results of %s: %w", systemID, err)
 	}
 	return nil
 }
