@@ -2,10 +2,11 @@
 GO        ?= go
 BIN       := $(CURDIR)/bin
 EPHEMERAL := $(CURDIR)/build/ephemeral
+MIRROR    := $(CURDIR)/build/mirror
 PROGRAMS  := ./regiond/cmd/regiond ./rackd/cmd/rackd ./regiond/cmd/ferrite
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint generate demo ephemeral
+.PHONY: help deps build test lint generate demo ephemeral mirror
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,6 +19,9 @@ build: ## build regiond, rackd and the ferrite CLI into bin/
 
 ephemeral: ## build the ephemeral kernel and initramfs with the agent into build/ephemeral/
 	ephemeral/build.sh $(EPHEMERAL)
+
+mirror: build ephemeral ## write the ephemeral image as a simplestreams mirror into build/mirror (for ferrite images import)
+	$(BIN)/ferrite images mirror --no-region --ephemeral $(EPHEMERAL) --to $(MIRROR)
 
 test: deps build ephemeral ## run every test, end-to-end QEMU boots included (needs root)
 	FERRITE_BIN=$(BIN) FERRITE_EPHEMERAL_DIR=$(EPHEMERAL) $(GO) test -race -timeout 30m ./...

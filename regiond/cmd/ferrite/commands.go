@@ -33,6 +33,9 @@ func commands() []command {
 			"Import boot loaders (shim, signed GRUB, PXELINUX + modules, iPXE) from this host's Debian packages; racks serve them.",
 			setupImportBootloaders},
 		{"images list", "[-o json]", "List boot images.", setupImagesList},
+		{"images mirror", "--to DIR [--ephemeral DIR] [--no-region] [-o json]",
+			"Write the region's kernel-initrd and root-dd images (and an ephemeral build) as a simplestreams mirror an air-gapped site can import.",
+			setupImagesMirror}, // images_mirror.go
 		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts, node_timeout, power_command_timeout, power_query_interval).", setupConfigSet},
 		{"config get", "[KEY] [-o json]", "Print one configuration value, or all of them.", setupConfigGet},
 		{"machines list", "[-o json]", "List machines.", setupMachinesList},
