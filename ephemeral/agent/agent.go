@@ -145,7 +145,7 @@ func (a *Agent) run(ctx context.Context) error {
 			return err
 		}
 		return a.obeyPowerState(ctx, doc.PowerState)
-	case preseed.JobCommission, preseed.JobDeploy, preseed.JobRescue:
+	case preseed.JobCommission, preseed.JobDeploy, preseed.JobRescue, preseed.JobErase:
 		return a.runMetadataJob(ctx, doc)
 	case "poweroff":
 		a.log.Info("job poweroff: powering off")
@@ -153,7 +153,7 @@ func (a *Agent) run(ctx context.Context) error {
 	case "":
 		return fmt.Errorf("the cloud-config from %s names no ferrite job", configURL)
 	default:
-		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist, commission, deploy, rescue and poweroff)", doc.Ferrite.Job, configURL)
+		return fmt.Errorf("unknown job %q in the cloud-config from %s (this agent knows enlist, commission, deploy, rescue, erase and poweroff)", doc.Ferrite.Job, configURL)
 	}
 }
 

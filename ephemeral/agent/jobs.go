@@ -55,6 +55,8 @@ func (a *Agent) runMetadataJob(ctx context.Context, doc preseed.Document) error 
 		err = a.deploy(ctx, md, doc)
 	case preseed.JobRescue:
 		err = a.rescue(ctx, md)
+	case preseed.JobErase:
+		err = a.erase(ctx, md, doc)
 	default:
 		err = fmt.Errorf("job %q does not use the metadata API", doc.Ferrite.Job)
 	}
@@ -130,33 +132,17 @@ func (a *Agent) deploy(ctx context.Context, md *metadataClient, doc preseed.Docu
 		return err
 	}
 
-	// Progress goes out from its own goroutine so that a slow region never slows the disk;
-	// when it is still busy with the last report, a new one is dropped.
-	reports := make(chan string, 1)
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		for msg := range reports {
-			if err := md.signal(ctx, statusWorking, msg, nil); err != nil {
-				a.log.Warn("progress report failed", zap.Error(err))
-			}
-		}
-	}()
+	report, stopReports := a.progressReporter(ctx, md)
 	throttle := newProgressThrottle(size, a.now, func(pct int, done int64) {
 		msg := fmt.Sprintf("written %d MiB of the image to /dev/%s", done>>20, disk.Name)
 		if pct >= 0 {
 			msg = fmt.Sprintf("written %d%% (%d of %d MiB) of the image to /dev/%s", pct, done>>20, size>>20, disk.Name)
 		}
-		a.log.Info(msg)
-		select {
-		case reports <- msg:
-		default:
-		}
+		report(msg)
 	})
 	start := a.now()
 	err = writeImage(dev, resp.Body, imageSpec{SHA256: d.SHA256, Size: d.Size}, throttle.update)
-	close(reports)
-	<-sent
+	stopReports()
 	if err != nil {
 		return err
 	}
@@ -175,6 +161,34 @@ func (a *Agent) deploy(ctx context.Context, md *metadataClient, doc preseed.Docu
 		return err
 	}
 	return a.obeyPowerState(ctx, doc.PowerState)
+}
+
+// progressReporter logs progress messages and signals them as WORKING from its own
+// goroutine, so that a slow region never slows the disk; a message that comes while the last
+// one is still being sent is dropped. stop waits for the message being sent.
+func (a *Agent) progressReporter(ctx context.Context, md *metadataClient) (report func(msg string), stop func()) {
+	reports := make(chan string, 1)
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for msg := range reports {
+			if err := md.signal(ctx, statusWorking, msg, nil); err != nil {
+				a.log.Warn("progress report failed", zap.Error(err))
+			}
+		}
+	}()
+	report = func(msg string) {
+		a.log.Info(msg)
+		select {
+		case reports <- msg:
+		default:
+		}
+	}
+	stop = func() {
+		close(reports)
+		<-sent
+	}
+	return report, stop
 }
 
 // download GETs the image, retrying until the rack answers 200; the body is the caller's.

@@ -129,6 +129,33 @@ func TestMachineLifecycle(t *testing.T) {
 	if bmc.On() {
 		t.Error("released machine is still powered on")
 	}
+
+	// Deploy again, change our mind while it boots: release --quick-erase. The region
+	// power-cycles it into the ephemeral environment, which zeroes the start and end of
+	// the disk; then it is Ready and off.
+	if _, err := site.CLI(ctx, "machines", "deploy", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := site.CLI(ctx, "machines", "release", id, "--quick-erase"); err != nil {
+		t.Fatal(err)
+	}
+	waitForStatus(ctx, t, site, bmc, id, "Ready", 6*time.Minute)
+	waitPoweredOff(ctx, t, bmc, 2*time.Minute)
+	checkEvents(ctx, t, site, id, []Step{
+		{"erase asked", is(id, "STATUS_CHANGED", "Disk erasing: quick erase")},
+		{"ephemeral boot", is(id, "BOOT_CONFIG", "purpose commissioning")},
+		{"erased", is(id, "STATUS_CHANGED", "Disk erasing → Ready: disks erased")},
+	})
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const edge = 2 << 20
+	for _, r := range [][2]int{{0, edge}, {len(b) - edge, len(b)}} {
+		if i := slices.IndexFunc(b[r[0]:r[1]], func(c byte) bool { return c != 0 }); i >= 0 {
+			t.Fatalf("byte %d of the disk is %#x after the quick erase", r[0]+i, b[r[0]+i])
+		}
+	}
 }
 
 // is matches events of machine id of type typ ("" for any) whose description contains text.

@@ -35,6 +35,7 @@ const (
 	JobDeploy     = "deploy"
 	JobRescue     = "rescue"
 	JobPoweroff   = "poweroff"
+	JobErase      = "erase"
 )
 
 // Power state modes.
@@ -51,12 +52,12 @@ const (
 	EnlistPowerOffTimeout = 1800
 )
 
-// PowerStateFor is the power_state mode of a job: commission, enlist and
-// poweroff power off, deploy reboots (into the written disk), rescue stays
-// up ("").
+// PowerStateFor is the power_state mode of a job: commission, enlist, erase
+// and poweroff power off, deploy reboots (into the written disk), rescue
+// stays up ("").
 func PowerStateFor(job string) string {
 	switch job {
-	case JobEnlist, JobCommission, JobPoweroff:
+	case JobEnlist, JobCommission, JobErase, JobPoweroff:
 		return PowerOff
 	case JobDeploy:
 		return Reboot
@@ -85,6 +86,9 @@ type Params struct {
 	// Deploy is the image the deploy job writes; required for it and refused
 	// for every other job.
 	Deploy *Deploy
+	// Erase is how the erase job erases the disks; required for it and
+	// refused for every other job.
+	Erase *Erase
 }
 
 // Credentials are OAuth 1.0 PLAINTEXT credentials with an empty consumer
@@ -101,6 +105,19 @@ type Deploy struct {
 	SHA256   string `json:"sha256"`    // lowercase hex of the whole image
 	Size     int64  `json:"size"`      // bytes
 	Disk     string `json:"disk"`      // "" = the first non-removable disk without partitions in use
+}
+
+// Erase modes: every byte of each disk zeroed, or its first and last
+// QuickEraseBytes.
+const (
+	EraseFull       = "full"
+	EraseQuick      = "quick"
+	QuickEraseBytes = 2 << 20
+)
+
+// Erase tells the agent how to erase the machine's disks.
+type Erase struct {
+	Mode string `json:"mode"` // EraseFull or EraseQuick
 }
 
 // Document is a decoded cloud-config as Render writes it. Keys it does not
@@ -146,6 +163,7 @@ type Instructions struct {
 	EnlistURL   string  `json:"enlist_url,omitempty"`
 	MetadataURL string  `json:"metadata_url,omitempty"`
 	Deploy      *Deploy `json:"deploy,omitempty"` // deploy job only
+	Erase       *Erase  `json:"erase,omitempty"`  // erase job only
 }
 
 // Rsyslog is cloud-init's rsyslog module configuration. Remotes maps a name
@@ -177,6 +195,7 @@ func Render(p Params) ([]byte, error) {
 		EnlistURL:   p.EnlistURL,
 		MetadataURL: p.MetadataURL,
 		Deploy:      p.Deploy,
+		Erase:       p.Erase,
 	}}
 	if c := p.Credentials; c != nil {
 		doc.Datasource = &Datasource{MAAS: &MAASDatasource{MetadataURL: p.MetadataURL, Credentials: *c}}
@@ -263,9 +282,17 @@ func (p Params) Validate() error {
 		return errors.Join(errs...)
 	}
 	switch p.Job {
-	case JobEnlist, JobCommission, JobDeploy, JobRescue, JobPoweroff:
+	case JobEnlist, JobCommission, JobDeploy, JobRescue, JobErase, JobPoweroff:
 	default:
-		errs = append(errs, fieldErr("Job", p.Job, "unknown job (want enlist, commission, deploy, rescue or poweroff)"))
+		errs = append(errs, fieldErr("Job", p.Job, "unknown job (want enlist, commission, deploy, rescue, erase or poweroff)"))
+	}
+	switch {
+	case p.Job == JobErase && p.Erase == nil:
+		errs = append(errs, fieldErr("Erase", "", "required for job erase"))
+	case p.Job != JobErase && p.Erase != nil:
+		errs = append(errs, fieldErr("Erase", p.Erase.Mode, "only for job erase"))
+	case p.Erase != nil && p.Erase.Mode != EraseFull && p.Erase.Mode != EraseQuick:
+		errs = append(errs, fieldErr("Erase.Mode", p.Erase.Mode, "want full or quick"))
 	}
 	if p.Job == JobEnlist && p.EnlistURL == "" {
 		errs = append(errs, fieldErr("EnlistURL", "", "required for job enlist"))

@@ -25,6 +25,8 @@ var exampleParams = []Params{
 		PowerState: PowerStateFor(JobRescue), Credentials: &exampleCreds},
 	{Job: JobPoweroff, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/",
 		PowerState: PowerStateFor(JobPoweroff), Credentials: &exampleCreds},
+	{Job: JobErase, SystemID: "abc123", MetadataURL: "http://10.99.0.1:5248/MAAS/metadata/", LogHost: "10.99.0.1",
+		PowerState: PowerStateFor(JobErase), Credentials: &exampleCreds, Erase: &Erase{Mode: EraseQuick}},
 }
 
 var (
@@ -185,6 +187,8 @@ func paramsOf(t testing.TB, d Document) Params {
 		SystemID:    d.Ferrite.SystemID,
 		EnlistURL:   d.Ferrite.EnlistURL,
 		MetadataURL: d.Ferrite.MetadataURL,
+		Deploy:      d.Ferrite.Deploy,
+		Erase:       d.Ferrite.Erase,
 	}
 	if d.Rsyslog != nil {
 		host, port, err := net.SplitHostPort(d.Rsyslog.Remotes["ferrite"])
@@ -263,6 +267,9 @@ func TestRenderErrors(t *testing.T) {
 		{"several problems", Params{Job: "x", LogPort: -1, PowerState: "halt"}, []string{"Job", "LogPort", "PowerState"}},
 		{"deploy without image", Params{Job: JobDeploy, SystemID: "a"}, []string{"Deploy"}},
 		{"image for commission", Params{Job: JobCommission, Deploy: &exampleDeploy}, []string{"Deploy"}},
+		{"erase without mode", Params{Job: JobErase}, []string{"Erase"}},
+		{"erase for deploy", Params{Job: JobDeploy, Deploy: &exampleDeploy, Erase: &Erase{Mode: EraseFull}}, []string{"Erase"}},
+		{"unknown erase mode", Params{Job: JobErase, Erase: &Erase{Mode: "secure"}}, []string{"Erase.Mode"}},
 		{"bad image", Params{Job: JobDeploy, Deploy: &Deploy{ImageURL: "file:///x", SHA256: "ABC", Size: 0, Disk: "sda"}},
 			[]string{"Deploy.ImageURL", "Deploy.SHA256", "Deploy.Size", "Deploy.Disk"}},
 		{"credentials without metadata URL and system ID", Params{Job: JobCommission, Credentials: &exampleCreds},

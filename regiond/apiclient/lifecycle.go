@@ -101,8 +101,11 @@ type ActionOptions struct {
 	// (sent base64-encoded; the region accepts at most 16 KiB); nil = none.
 	// Every deploy replaces it, release clears it.
 	UserData []byte `json:"user_data,omitempty"`
-	Erase    bool   `json:"erase,omitempty"`   // release: erase the disks (recorded; not carried out yet)
-	Comment  string `json:"comment,omitempty"` // mark-broken: why
+	// Erase (release): the ephemeral environment zeroes every disk before the
+	// machine is Ready; QuickErase only the first and last 2 MiB of each.
+	Erase      bool   `json:"erase,omitempty"`
+	QuickErase bool   `json:"quick_erase,omitempty"`
+	Comment    string `json:"comment,omitempty"` // mark-broken: why
 }
 
 // Action asks for a lifecycle action (POST /api/v1/machines/{id}/{action}):

@@ -24,8 +24,8 @@ func lifecycleCommands() []command {
 			"Deploy a root-dd image to the machine's disk (Ready or Allocated → Deploying; --image defaults to the last one deployed); " +
 				"the installed system's cloud-init reads FILE as its user-data (at most 16 KiB; every deploy replaces it, release clears it).",
 			actionSetup("deploy")},
-		{"machines release", "SYSTEM_ID [--erase] [-o json]",
-			"Release a deployed or allocated machine (→ Releasing → Ready). --erase is recorded; disks are not erased yet.",
+		{"machines release", "SYSTEM_ID [--erase | --quick-erase] [-o json]",
+			"Release a deployed or allocated machine (→ Releasing → Ready); with --erase or --quick-erase it first boots the ephemeral environment to erase its disks (→ Disk erasing → Ready).",
 			actionSetup("release")},
 		{"machines rescue", "SYSTEM_ID [-o json]", "Boot the ephemeral environment for repairs (→ Entering rescue mode → Rescue mode).",
 			actionSetup("rescue")},
@@ -49,7 +49,8 @@ func actionSetup(name string) func(fs *flag.FlagSet) action {
 			fs.StringVar(&opts.Image, "image", "", "root-dd image `NAME` to write, e.g. custom/debian-12 (see ferrite images list)")
 			fs.StringVar(&userData, "user-data", "", "`FILE` the installed system's cloud-init reads as its user-data, e.g. a #cloud-config (at most 16 KiB; gzip is fine)")
 		case "release":
-			fs.BoolVar(&opts.Erase, "erase", false, "ask for the disks to be erased (recorded; not carried out yet)")
+			fs.BoolVar(&opts.Erase, "erase", false, "erase the disks before the machine is Ready: boot the ephemeral environment and zero every byte")
+			fs.BoolVar(&opts.QuickErase, "quick-erase", false, "erase only the first and last 2 MiB of each disk (partition tables, boot sectors, most signatures)")
 		case "mark-broken":
 			fs.StringVar(&opts.Comment, "comment", "", "why the machine is broken (`TEXT`)")
 		}

@@ -98,8 +98,14 @@ func TestLifecycleCommands(t *testing.T) {
 	if r := runCLI(t, env, "machines", "show", id); !strings.Contains(r.Stdout, "User-data:      37 bytes\n") {
 		t.Errorf("show of a machine deployed with user-data: %+v", r)
 	}
-	if m := jsonMachine(runCLI(t, env, "machines", "release", id, "--erase", "-o", "json")); m.Status != "Ready" || m.UserDataSize != 0 {
-		t.Errorf("release of a manual machine: %s with %d bytes of user-data, want Ready at once with none", m.Status, m.UserDataSize)
+	if m := jsonMachine(runCLI(t, env, "machines", "release", id, "--quick-erase", "-o", "json")); m.Status != "Disk erasing" || m.UserDataSize != 0 {
+		t.Errorf("release --quick-erase: %s with %d bytes of user-data, want Disk erasing with none", m.Status, m.UserDataSize)
+	}
+	if m := jsonMachine(runCLI(t, env, "machines", "abort", id, "-o", "json")); m.Status != "Failed disk erasing" {
+		t.Errorf("abort of disk erasing: %s", m.Status)
+	}
+	if m := jsonMachine(runCLI(t, env, "machines", "release", id, "-o", "json")); m.Status != "Ready" {
+		t.Errorf("release of a manual machine: %s, want Ready at once", m.Status)
 	}
 	if m := jsonMachine(runCLI(t, env, "machines", "rescue", id, "-o", "json")); m.Status != "Entering rescue mode" {
 		t.Errorf("rescue: %s", m.Status)
@@ -121,7 +127,9 @@ func TestLifecycleCommands(t *testing.T) {
 		`POST /api/v1/machines/ID/mark-fixed {}`,
 		`POST /api/v1/machines/ID/deploy {"image":"custom/debian","user_data":"` + base64.StdEncoding.EncodeToString(make([]byte, 16<<10+1)) + `"}`,
 		`POST /api/v1/machines/ID/deploy {"image":"custom/debian","user_data":"I2Nsb3VkLWNvbmZpZwpydW5jbWQ6IFtbdG91Y2gsIC9va11dCg=="}`,
-		`POST /api/v1/machines/ID/release {"erase":true}`,
+		`POST /api/v1/machines/ID/release {"quick_erase":true}`,
+		`POST /api/v1/machines/ID/abort {}`,
+		`POST /api/v1/machines/ID/release {}`,
 		`POST /api/v1/machines/ID/rescue {}`,
 	}
 	if diff := cmp.Diff(wantSent, sent); diff != "" {

@@ -64,10 +64,11 @@ func (s *Server) lifecycleRoutes(mux *http.ServeMux, auth func(http.HandlerFunc)
 
 // actionRequest is the optional JSON body of an action.
 type actionRequest struct {
-	Image    string `json:"image"`     // deploy
-	UserData string `json:"user_data"` // deploy: base64 of the installed system's user-data
-	Erase    bool   `json:"erase"`     // release
-	Comment  string `json:"comment"`   // mark-broken
+	Image      string `json:"image"`       // deploy
+	UserData   string `json:"user_data"`   // deploy: base64 of the installed system's user-data
+	Erase      bool   `json:"erase"`       // release: zero every disk
+	QuickErase bool   `json:"quick_erase"` // release: only the start and end of each disk
+	Comment    string `json:"comment"`     // mark-broken
 }
 
 // stateErrorBody is a 409 for an action the machine's state refuses.
@@ -110,8 +111,8 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request, a store.A
 			problems = append(problems, fmt.Sprintf("user_data: not base64 (standard alphabet, padded): %v", err))
 		}
 	}
-	if body.Erase && a != store.ActionRelease {
-		problems = append(problems, "erase: only for release")
+	if (body.Erase || body.QuickErase) && a != store.ActionRelease {
+		problems = append(problems, "erase, quick_erase: only for release")
 	}
 	if body.Comment != "" && a != store.ActionMarkBroken {
 		problems = append(problems, "comment: only for mark-broken")
@@ -125,7 +126,7 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request, a store.A
 	}
 	owner, _ := r.Context().Value(tokenNameKey{}).(string)
 	res, err := s.store.ApplyAction(r.Context(), id, store.ActionRequest{
-		Action: a, Image: body.Image, Erase: body.Erase, Comment: body.Comment, Owner: owner, UserData: userData})
+		Action: a, Image: body.Image, Erase: body.Erase, QuickErase: body.QuickErase, Comment: body.Comment, Owner: owner, UserData: userData})
 	if s.machineFailed(w, r, id, string(a)+" machine", err) {
 		return
 	}

@@ -26,6 +26,7 @@ type metadataStore interface {
 	Transition(ctx context.Context, systemID, from, to, why string) (store.Machine, error)
 	SetNetboot(ctx context.Context, systemID string, on bool, req store.NetbootRequest) error
 	UserData(ctx context.Context, systemID string) ([]byte, error)
+	EraseMode(ctx context.Context, systemID string) (string, error)
 	ResetStatusExpires(ctx context.Context, systemID string) error
 }
 
@@ -241,11 +242,13 @@ func (s *Server) userData(w http.ResponseWriter, r *http.Request) {
 
 // jobFor is the agent's job for a machine in its state (the contract):
 // Commissioning/Testing commission, Deploying with netboot on deploys, the
-// rescue states rescue, everything else powers off.
+// rescue states rescue, Disk erasing erases, everything else powers off.
 func jobFor(m store.Machine) string {
 	switch m.Status {
 	case store.StatusCommissioning, store.StatusTesting:
 		return preseed.JobCommission
+	case store.StatusDiskErasing:
+		return preseed.JobErase
 	case store.StatusDeploying:
 		if m.Netboot {
 			return preseed.JobDeploy
@@ -294,6 +297,13 @@ func (s *Server) machineCloudConfig(r *http.Request, m store.Machine) ([]byte, e
 		}
 		d.ImageURL = base + "/images/" + d.SHA256 + "/" + rootDDFile
 		p.Deploy = &d
+	}
+	if job == preseed.JobErase {
+		mode, err := s.store.EraseMode(r.Context(), m.SystemID)
+		if err != nil {
+			return nil, err
+		}
+		p.Erase = &preseed.Erase{Mode: mode}
 	}
 	return preseed.Render(p)
 }

@@ -195,8 +195,8 @@ func summarizeInventory(b []byte) (store.InventorySummary, error) {
 // signal handles op=signal from machine m (the contract): in
 // Commissioning/Testing OK stores the results and the inventory and makes
 // the machine Ready, FAILED fails it; in Deploying FAILED fails the deploy
-// and anything else is progress; in Entering rescue mode OK reaches Rescue
-// mode. WORKING and other statuses are recorded and restart the timeout.
+// and anything else is progress; in Disk erasing OK makes the machine Ready
+// and FAILED fails it; in Entering rescue mode OK reaches Rescue mode. WORKING and other statuses are recorded and restart the timeout.
 // Every signal is a SIGNAL event. In any other state: 409, nothing stored.
 func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine, form signalForm) {
 	ctx := r.Context()
@@ -263,6 +263,13 @@ func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine,
 		if failed {
 			_, err = s.store.Transition(ctx, m.SystemID, m.Status, store.StatusFailedDeployment, failReason(errText, m.Status))
 		}
+	case store.StatusDiskErasing:
+		switch {
+		case status == "OK":
+			_, err = s.store.Transition(ctx, m.SystemID, m.Status, store.StatusReady, "disks erased")
+		case failed:
+			_, err = s.store.Transition(ctx, m.SystemID, m.Status, store.StatusFailedDiskErasing, failReason(errText, m.Status))
+		}
 	case store.StatusEnteringRescueMode:
 		switch {
 		case status == "OK":
@@ -273,7 +280,7 @@ func (s *Server) signal(w http.ResponseWriter, r *http.Request, m store.Machine,
 	case store.StatusRescueMode:
 	default:
 		writeJSON(w, http.StatusConflict, stateErrorBody{
-			Error:  fmt.Sprintf("machine %s is %s: it is not commissioning, deploying or in rescue mode", m.SystemID, m.Status),
+			Error:  fmt.Sprintf("machine %s is %s: it is not commissioning, deploying, erasing its disks or in rescue mode", m.SystemID, m.Status),
 			Status: m.Status,
 		})
 		return

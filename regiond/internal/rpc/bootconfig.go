@@ -200,11 +200,11 @@ func (s *Server) bootConfig(ctx context.Context, req *rackv1.GetBootConfigReques
 
 // BootPurpose is what a known machine boots in its state (MAAS's
 // Node.get_boot_purpose): the ephemeral environment to commission, test,
-// rescue or release; the installer while Deploying with netboot on; its
+// rescue, release or erase disks; the installer while Deploying with netboot on; its
 // disk once netboot is off and when Deployed; power off otherwise.
 func BootPurpose(m store.Machine) string {
 	switch m.Status {
-	case store.StatusNew, store.StatusCommissioning, store.StatusTesting, store.StatusReleasing:
+	case store.StatusNew, store.StatusCommissioning, store.StatusTesting, store.StatusReleasing, store.StatusDiskErasing:
 		return "commissioning"
 	case store.StatusEnteringRescueMode, store.StatusRescueMode:
 		return "rescue"

@@ -53,6 +53,8 @@ func TestBootPurposePerState(t *testing.T) {
 		{"Deployed", deployed, "local"},
 		{"Releasing", append(append([]string{}, deployed...), "Releasing"), "commissioning"},
 		{"Failed releasing", append(append([]string{}, deployed...), "Releasing", "Failed releasing"), "poweroff"},
+		{"Disk erasing", append(append([]string{}, deployed...), "Disk erasing"), "commissioning"},
+		{"Failed disk erasing", append(append([]string{}, deployed...), "Disk erasing", "Failed disk erasing"), "poweroff"},
 		{"Entering rescue mode", rescue, "rescue"},
 		{"Rescue mode", append(append([]string{}, rescue...), "Rescue mode"), "rescue"},
 		{"Failed to enter rescue mode", append(append([]string{}, rescue...), "Failed to enter rescue mode"), "poweroff"},

@@ -26,6 +26,8 @@ const (
 	StatusDeployed                 = "Deployed"
 	StatusReleasing                = "Releasing"
 	StatusFailedReleasing          = "Failed releasing"
+	StatusDiskErasing              = "Disk erasing"
+	StatusFailedDiskErasing        = "Failed disk erasing"
 	StatusEnteringRescueMode       = "Entering rescue mode"
 	StatusRescueMode               = "Rescue mode"
 	StatusFailedEnteringRescueMode = "Failed to enter rescue mode"
@@ -40,33 +42,36 @@ const (
 func Statuses() []string {
 	return []string{StatusNew, StatusCommissioning, StatusFailedCommissioning, StatusReady, StatusAllocated,
 		StatusDeploying, StatusFailedDeployment, StatusDeployed, StatusReleasing, StatusFailedReleasing,
-		StatusEnteringRescueMode, StatusRescueMode, StatusFailedEnteringRescueMode, StatusExitingRescueMode,
+		StatusDiskErasing, StatusFailedDiskErasing, StatusEnteringRescueMode, StatusRescueMode, StatusFailedEnteringRescueMode, StatusExitingRescueMode,
 		StatusFailedExitingRescueMode, StatusTesting, StatusFailedTesting, StatusBroken}
 }
 
 // transitions is MAAS's NODE_TRANSITIONS (maasserver/node_status.py) for the
 // states Ferrite has: every status change, by an operator's action, by the
 // machine's own reports or by a timeout, must be listed here. Any state may
-// become Broken (mark-broken).
+// become Broken (mark-broken). Wherever release leads to Releasing, release
+// --erase leads to Disk erasing.
 var transitions = map[string][]string{
 	StatusNew:                 {StatusCommissioning, StatusTesting, StatusReady},
 	StatusCommissioning:       {StatusReady, StatusFailedCommissioning, StatusTesting, StatusNew},
 	StatusFailedCommissioning: {StatusCommissioning, StatusTesting, StatusEnteringRescueMode},
 	StatusReady:               {StatusAllocated, StatusCommissioning, StatusEnteringRescueMode, StatusTesting},
-	StatusAllocated:           {StatusDeploying, StatusReady, StatusReleasing},
-	StatusDeploying:           {StatusDeployed, StatusFailedDeployment, StatusAllocated, StatusReleasing},
-	StatusFailedDeployment:    {StatusReleasing, StatusEnteringRescueMode, StatusDeploying},
-	StatusDeployed:            {StatusReleasing, StatusEnteringRescueMode, StatusTesting, StatusAllocated, StatusReady},
+	StatusAllocated:           {StatusDeploying, StatusReady, StatusReleasing, StatusDiskErasing},
+	StatusDeploying:           {StatusDeployed, StatusFailedDeployment, StatusAllocated, StatusReleasing, StatusDiskErasing},
+	StatusFailedDeployment:    {StatusReleasing, StatusDiskErasing, StatusEnteringRescueMode, StatusDeploying},
+	StatusDeployed:            {StatusReleasing, StatusDiskErasing, StatusEnteringRescueMode, StatusTesting, StatusAllocated, StatusReady},
 	StatusReleasing:           {StatusReady, StatusNew, StatusFailedReleasing},
-	StatusFailedReleasing:     {StatusReleasing, StatusReady},
+	StatusFailedReleasing:     {StatusReleasing, StatusDiskErasing, StatusReady},
+	StatusDiskErasing:         {StatusReady, StatusFailedDiskErasing, StatusReleasing},
+	StatusFailedDiskErasing:   {StatusDiskErasing, StatusReleasing},
 	// Abort returns to where rescue started.
 	StatusEnteringRescueMode: {StatusRescueMode, StatusFailedEnteringRescueMode, StatusReady, StatusDeployed,
 		StatusFailedDeployment, StatusFailedCommissioning, StatusFailedTesting},
 	StatusRescueMode:               {StatusExitingRescueMode},
-	StatusFailedEnteringRescueMode: {StatusEnteringRescueMode, StatusExitingRescueMode, StatusReleasing},
+	StatusFailedEnteringRescueMode: {StatusEnteringRescueMode, StatusExitingRescueMode, StatusReleasing, StatusDiskErasing},
 	StatusExitingRescueMode: {StatusReady, StatusDeployed, StatusBroken, StatusFailedDeployment,
 		StatusFailedCommissioning, StatusFailedTesting, StatusFailedExitingRescueMode},
-	StatusFailedExitingRescueMode: {StatusExitingRescueMode, StatusReleasing},
+	StatusFailedExitingRescueMode: {StatusExitingRescueMode, StatusReleasing, StatusDiskErasing},
 	StatusTesting:                 {StatusReady, StatusFailedTesting, StatusNew, StatusDeployed},
 	StatusFailedTesting:           {StatusTesting, StatusCommissioning, StatusEnteringRescueMode},
 	StatusBroken:                  {StatusReady, StatusNew, StatusDeployed, StatusCommissioning, StatusTesting, StatusEnteringRescueMode},
@@ -87,6 +92,7 @@ var failedStatus = map[string]string{
 	StatusCommissioning:      StatusFailedCommissioning,
 	StatusDeploying:          StatusFailedDeployment,
 	StatusReleasing:          StatusFailedReleasing,
+	StatusDiskErasing:        StatusFailedDiskErasing,
 	StatusEnteringRescueMode: StatusFailedEnteringRescueMode,
 	StatusExitingRescueMode:  StatusFailedExitingRescueMode,
 	StatusTesting:            StatusFailedTesting,
@@ -174,12 +180,12 @@ var actionFrom = map[Action][]string{
 	ActionCommission: {StatusNew, StatusReady, StatusFailedCommissioning, StatusFailedTesting, StatusBroken},
 	ActionDeploy:     {StatusReady, StatusAllocated},
 	ActionRelease: {StatusAllocated, StatusDeployed, StatusDeploying, StatusFailedDeployment, StatusFailedReleasing,
-		StatusFailedEnteringRescueMode, StatusFailedExitingRescueMode},
+		StatusFailedDiskErasing, StatusFailedEnteringRescueMode, StatusFailedExitingRescueMode},
 	ActionRescue: {StatusReady, StatusDeployed, StatusBroken, StatusFailedDeployment, StatusFailedCommissioning,
 		StatusFailedTesting, StatusFailedEnteringRescueMode},
 	ActionExitRescue: {StatusRescueMode, StatusFailedEnteringRescueMode, StatusFailedExitingRescueMode},
-	ActionAbort: {StatusCommissioning, StatusTesting, StatusDeploying, StatusReleasing, StatusEnteringRescueMode,
-		StatusExitingRescueMode},
+	ActionAbort: {StatusCommissioning, StatusTesting, StatusDeploying, StatusReleasing, StatusDiskErasing,
+		StatusEnteringRescueMode, StatusExitingRescueMode},
 	ActionMarkFixed: {StatusBroken},
 }
 
@@ -217,12 +223,34 @@ func (e *StateError) Unwrap() error { return ErrConflict }
 type ActionRequest struct {
 	Action  Action
 	Image   string // deploy: root-dd image name; "" = the machine's last one
-	Erase   bool   // release: erase disks (recorded; not carried out yet)
+	// Erase (release): the ephemeral environment overwrites every disk with
+	// zeros before the machine is Ready; QuickErase only the first and last
+	// 2 MiB of each (partition tables, boot sectors and the signatures of
+	// most filesystems and RAID/LVM). QuickErase implies Erase.
+	Erase, QuickErase bool
 	Comment string // mark-broken: why
 	Owner   string // deploy: who allocates the machine (API token name)
 	// UserData is deploy's user-data for the installed system (at most
 	// MaxUserData bytes); it replaces the machine's, nil = none.
 	UserData []byte
+}
+
+// Erase modes of release --erase / --quick-erase (machines.erase_mode).
+const (
+	EraseFull  = "full"
+	EraseQuick = "quick"
+)
+
+// EraseMode is how a machine in Disk erasing erases its disks.
+func (s *Store) EraseMode(ctx context.Context, systemID string) (string, error) {
+	var mode *string
+	if err := s.pool.QueryRow(ctx, "SELECT erase_mode FROM machines WHERE system_id = $1", systemID).Scan(&mode); err != nil {
+		return "", notFound(err, "machine "+systemID)
+	}
+	if mode == nil {
+		return EraseFull, nil
+	}
+	return *mode, nil
 }
 
 // MaxUserData bounds a deployment's user-data: EC2's 16 KiB, which
@@ -342,14 +370,16 @@ const (
 //	commission   New, Ready, Failed commissioning/testing, Broken → Commissioning (netboot on); power cycle
 //	deploy       Ready → Allocated → Deploying, Allocated → Deploying (root-dd image of the machine's arch; netboot on;
 //	             user-data replaced by the request's); power cycle
-//	release      Allocated, Deployed, Deploying, Failed deployment/releasing/rescue → Releasing (user-data cleared); power off,
-//	             then Ready once the machine is off (PowerCompleted), at once without a power command
+//	release      Allocated, Deployed, Deploying, Failed deployment/releasing/disk erasing/rescue → Releasing (owner and
+//	             user-data cleared); power off, then Ready once the machine is off (PowerCompleted), at once without a
+//	             power command. With Erase/QuickErase → Disk erasing (netboot on); power cycle; Ready when the
+//	             machine signals its disks erased
 //	rescue       Ready, Deployed, Broken, Failed deployment/commissioning/testing/entering rescue → Entering rescue mode; power cycle
 //	exit-rescue  Rescue mode, Failed to enter/exit rescue mode → Exiting rescue mode → the state before rescue
 //	             (power cycle back to a deployed disk, else off; at once without a power command)
 //	abort        Commissioning → the state before (New when unknown), Testing → the state before (Ready),
 //	             Deploying → Allocated, Entering rescue mode → the state before, Releasing → Failed releasing,
-//	             Exiting rescue mode → Failed to exit rescue mode; power off
+//	             Disk erasing → Failed disk erasing, Exiting rescue mode → Failed to exit rescue mode; power off
 //	mark-broken  any state but Broken → Broken (error_description = comment)
 //	mark-fixed   Broken → Deployed (if it was), New (if it was), else Ready
 func (s *Store) ApplyAction(ctx context.Context, systemID string, req ActionRequest) (ActionResult, error) {
@@ -437,19 +467,28 @@ func applyAction(ctx context.Context, tx pgx.Tx, r *lifecycleRow, req ActionRequ
 		return powered("cycle"), move(ctx, tx, r, StatusDeploying, "image "+image, "")
 
 	case ActionRelease:
-		why := ""
-		if req.Erase {
-			why = "disk erase requested (not carried out: Ferrite does not erase disks yet)"
+		if _, err := tx.Exec(ctx, "UPDATE machines SET owner = NULL, user_data = NULL WHERE system_id = $1", r.systemID); err != nil {
+			return "", fmt.Errorf("clear owner and user-data: %w", err)
+		}
+		if req.Erase || req.QuickErase {
+			mode := EraseFull
+			if req.QuickErase {
+				mode = EraseQuick
+			}
+			if _, err := tx.Exec(ctx, "UPDATE machines SET erase_mode = $2 WHERE system_id = $1", r.systemID, mode); err != nil {
+				return "", fmt.Errorf("set erase mode: %w", err)
+			}
+			if err := setNetboot(ctx, tx, r.systemID, true); err != nil {
+				return "", err
+			}
+			return powered("cycle"), move(ctx, tx, r, StatusDiskErasing, mode+" erase", "")
 		}
 		cmd := powered("off")
 		if r.status == StatusAllocated {
 			cmd = "" // nothing was booted
 		}
-		if err := move(ctx, tx, r, StatusReleasing, why, ""); err != nil {
+		if err := move(ctx, tx, r, StatusReleasing, "", ""); err != nil {
 			return "", err
-		}
-		if _, err := tx.Exec(ctx, "UPDATE machines SET owner = NULL, user_data = NULL WHERE system_id = $1", r.systemID); err != nil {
-			return "", fmt.Errorf("clear owner and user-data: %w", err)
 		}
 		if cmd == "" {
 			return "", move(ctx, tx, r, StatusReady, "", "")

@@ -53,7 +53,8 @@ var wantAction = map[store.Action]map[string]string{
 	store.ActionDeploy: {"Ready": "Deploying", "Allocated": "Deploying"},
 	store.ActionRelease: { // no power command: Releasing completes at once
 		"Allocated": "Ready", "Deployed": "Ready", "Deploying": "Ready", "Failed deployment": "Ready",
-		"Failed releasing": "Ready", "Failed to enter rescue mode": "Ready", "Failed to exit rescue mode": "Ready",
+		"Failed releasing": "Ready", "Failed disk erasing": "Ready", "Failed to enter rescue mode": "Ready",
+		"Failed to exit rescue mode": "Ready",
 	},
 	store.ActionRescue: {
 		"Ready": "Entering rescue mode", "Deployed": "Entering rescue mode", "Broken": "Entering rescue mode",
@@ -65,7 +66,8 @@ var wantAction = map[store.Action]map[string]string{
 	},
 	store.ActionAbort: {
 		"Commissioning": "Ready", "Testing": "Ready", "Deploying": "Allocated", "Releasing": "Failed releasing",
-		"Entering rescue mode": "Ready", "Exiting rescue mode": "Failed to exit rescue mode",
+		"Disk erasing": "Failed disk erasing", "Entering rescue mode": "Ready",
+		"Exiting rescue mode": "Failed to exit rescue mode",
 	},
 	// mark-broken: every state but Broken → Broken (see wantFor).
 	store.ActionMarkFixed: {"Broken": "Ready"},
@@ -84,8 +86,8 @@ func TestActionTransitionTable(t *testing.T) {
 	s, url := newStore(t)
 	addRootDD(t, s, "custom/debian", "amd64/generic")
 	m := lifecycleMachine(t, s, "52:54:00:00:10:01")
-	if len(store.Statuses()) != 18 {
-		t.Fatalf("%d statuses, want MAAS's 18 (without Missing, Reserved, Retired, Disk erasing)", len(store.Statuses()))
+	if len(store.Statuses()) != 20 {
+		t.Fatalf("%d statuses, want MAAS's 20 (without Missing, Reserved, Retired)", len(store.Statuses()))
 	}
 	for _, a := range store.Actions() {
 		for _, from := range store.Statuses() {
@@ -243,9 +245,15 @@ func TestLifecycleWalk(t *testing.T) {
 		t.Fatal(err)
 	}
 	do(store.ActionRequest{Action: store.ActionExitRescue}, store.StatusDeployed) // back where rescue started
-	got = do(store.ActionRequest{Action: store.ActionRelease, Erase: true}, store.StatusReady)
-	if got.Owner != "" {
-		t.Errorf("released machine still owned by %q", got.Owner)
+	got = do(store.ActionRequest{Action: store.ActionRelease, QuickErase: true}, store.StatusDiskErasing)
+	if got.Owner != "" || !got.Netboot {
+		t.Errorf("released machine still owned by %q, netboot %v", got.Owner, got.Netboot)
+	}
+	if mode, err := s.EraseMode(ctx, m.SystemID); err != nil || mode != store.EraseQuick {
+		t.Errorf("erase mode %q, %v; want quick", mode, err)
+	}
+	if _, err := s.Transition(ctx, m.SystemID, store.StatusDiskErasing, store.StatusReady, "disks erased"); err != nil {
+		t.Fatal(err)
 	}
 	// Deploy again with the remembered image.
 	do(store.ActionRequest{Action: store.ActionDeploy}, store.StatusDeploying)
@@ -269,8 +277,8 @@ func TestLifecycleWalk(t *testing.T) {
 		"Entering rescue mode → Rescue mode",
 		"Rescue mode → Exiting rescue mode",
 		"Exiting rescue mode → Deployed",
-		"Deployed → Releasing: disk erase requested (not carried out: Ferrite does not erase disks yet)",
-		"Releasing → Ready",
+		"Deployed → Disk erasing: quick erase",
+		"Disk erasing → Ready: disks erased",
 		"Ready → Allocated",
 		"Allocated → Deploying: image custom/debian",
 		"Deploying → Allocated: aborted",
