@@ -35,6 +35,10 @@ type Config struct {
 	// --manage-firewall: open rackd's ports in an iptables chain of its own
 	// (FERRITE-RACK, IPv4) while it runs; see rackd/internal/firewall.
 	ManageFirewall bool `yaml:"manage_firewall"`
+	// cache_fetch_rate (--cache-fetch-rate) caps how fast the rack downloads
+	// boot resources from the region, in bytes per second (0 = no cap), for
+	// racks behind a thin link.
+	CacheFetchRate int64 `yaml:"cache_fetch_rate"`
 }
 
 // DefaultConfig returns the defaults.
@@ -84,6 +88,9 @@ func (c Config) Validate() error {
 	}
 	if c.TFTPMaxBlksize < tftp.MinMaxBlockSize || c.TFTPMaxBlksize > tftp.MaxMaxBlockSize {
 		errs = append(errs, fmt.Errorf("tftp_max_blksize (--tftp-max-blksize) %d: want %d..%d", c.TFTPMaxBlksize, tftp.MinMaxBlockSize, tftp.MaxMaxBlockSize))
+	}
+	if c.CacheFetchRate < 0 {
+		errs = append(errs, fmt.Errorf("cache_fetch_rate (--cache-fetch-rate) %d: want bytes per second, 0 = no cap", c.CacheFetchRate))
 	}
 	seen := map[string]bool{}
 	for _, ifc := range c.Interfaces {

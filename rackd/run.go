@@ -55,6 +55,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 	if err != nil {
 		return err
 	}
+	fc.SetRateLimit(cfg.CacheFetchRate)
+	reporter := newCacheReporter(fc, client.ReportCache, log.With(zap.String("component", "cachereport")))
+	fc.SetNotify(reporter.Changed)
 	files := bootfiles.New(bootfiles.Options{
 		Region:   client,
 		Cache:    fc,
@@ -106,7 +109,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 	tftpSrv.MaxBlockSize = cfg.TFTPMaxBlksize
 	tftpSrv.Events = client
 
-	a := &applier{log: log, dhcp: dhcpSrv, http: httpSrv, files: files, regionURL: id.State.RegionURL, syncCh: make(chan struct{}, 1)}
+	a := &applier{log: log, dhcp: dhcpSrv, http: httpSrv, files: files, regionURL: id.State.RegionURL, syncCh: make(chan struct{}, 1),
+		reporter: reporter}
 	saved, err := regionclient.LoadConfig(cfg.StateDir)
 	if err != nil {
 		log.Warn("ignoring the saved rack config", zap.Error(err))
@@ -165,6 +169,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) (err error) {
 		return client.RunPowerCommands(gctx, func(pc *rackv1.PowerCommand) { powerExec.Submit(power.FromProto(pc)) })
 	})
 	g.Go(func() error { return a.syncLoop(gctx, fc) })
+	g.Go(func() error { return reporter.Run(gctx) })
 	g.Go(func() error { return tftpSrv.Serve(gctx, tftpConn) })
 	g.Go(func() error { return httpSrv.Serve(gctx, httpLn) })
 	if dhcpSrv != nil {
@@ -215,6 +220,7 @@ type applier struct {
 	files     *bootfiles.Handler
 	regionURL string
 	syncCh    chan struct{}
+	reporter  *cacheReporter
 
 	mu     sync.Mutex
 	latest *rackv1.RackConfig
@@ -239,7 +245,14 @@ func (a *applier) apply(cfg *rackv1.RackConfig) {
 	}
 }
 
+// syncLoop makes the cache hold exactly the files of the latest config:
+// it fetches what is missing (resuming partial downloads), removes what is
+// no longer listed, and reports to the region after every pass. A pass that
+// could not fetch everything is retried with backoff (5 s doubling to 2 min),
+// sooner when a new config arrives.
 func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
+	const firstRetry, maxRetry = 5 * time.Second, 2 * time.Minute
+	backoff := firstRetry
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
@@ -256,15 +269,28 @@ func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
 			continue
 		}
 		wanted := cacheFiles(cfg)
+		a.reportSync(true, 0)
+		start := time.Now()
 		if err := fc.Sync(ctx, wanted); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			a.log.Warn("boot resource sync incomplete; retrying in 30s", zap.Error(err))
-			retry.Reset(30 * time.Second)
+			a.reportSync(false, 0)
+			a.log.Warn("boot resource sync incomplete; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
+			retry.Reset(backoff)
+			backoff = min(backoff*2, maxRetry)
 			continue
 		}
-		a.log.Info("boot resources in sync", zap.Int("files", len(wanted)), zap.Int("bootloaders", len(cfg.GetBootloaders())))
+		backoff = firstRetry
+		a.reportSync(false, cfg.GetVersion())
+		a.log.Info("boot resources in sync", zap.Int("files", len(wanted)), zap.Int("bootloaders", len(cfg.GetBootloaders())),
+			zap.Int64("version", cfg.GetVersion()), zap.Duration("took", time.Since(start)))
+	}
+}
+
+func (a *applier) reportSync(syncing bool, version int64) {
+	if a.reporter != nil {
+		a.reporter.SyncState(syncing, version)
 	}
 }
 

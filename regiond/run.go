@@ -116,6 +116,9 @@ func Serve(ctx context.Context, cfg Config, log *zap.Logger, httpLn, grpcLn net.
 	g.Go(func() error { return powerLoop(gctx, st, log) })
 	g.Go(func() error { return timeoutLoop(gctx, st, log.With(zap.String("component", "lifecycle"))) })
 	g.Go(func() error {
+		return importLoop(gctx, newImporter(st, cfg.Name, log.With(zap.String("component", "import"))))
+	})
+	g.Go(func() error {
 		heartbeat(gctx, st, cfg.Name, grpcAddr, log)
 		return nil
 	})

@@ -3,6 +3,7 @@
 //	rackd register --url http://REGION:5240 --secret HEX --state-dir DIR [--name NAME]
 //	rackd run --state-dir DIR [--interface IFACE]... [--http-listen :5248] [--tftp-listen :69]
 //	          [--dhcp-port 67] [--tftp-max-blksize 8192] [--config FILE] [--manage-firewall]
+//	          [--cache-fetch-rate BYTES_PER_SECOND]
 package main
 
 import (
@@ -25,6 +26,7 @@ const usage = `usage:
   rackd register --url URL --secret HEX --state-dir DIR [--name NAME]
   rackd run --state-dir DIR [--interface IFACE]... [--http-listen :5248] [--tftp-listen :69]
             [--dhcp-port 67] [--tftp-max-blksize 8192] [--config FILE] [--manage-firewall]
+            [--cache-fetch-rate BYTES_PER_SECOND]
 Run "rackd COMMAND -h" for a command's flags.
 `
 
@@ -95,7 +97,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	def := rackd.DefaultConfig()
-	configFile := fs.String("config", "", "YAML config file (keys: state_dir, interfaces, http_listen, tftp_listen, dhcp_port, tftp_max_blksize, manage_firewall); flags override it")
+	configFile := fs.String("config", "", "YAML config file (keys: state_dir, interfaces, http_listen, tftp_listen, dhcp_port, tftp_max_blksize, manage_firewall, cache_fetch_rate); flags override it")
 	stateDir := fs.String("state-dir", "", "where the rack keeps its identity, config and cache")
 	var ifaces listFlag
 	fs.Var(&ifaces, "interface", "interface to serve DHCP on (repeatable; none = no DHCP)")
@@ -106,6 +108,8 @@ func run(ctx context.Context, args []string) error {
 		"largest TFTP block size a client may negotiate (513..65464); the interface MTU lowers it further")
 	manageFirewall := fs.Bool("manage-firewall", def.ManageFirewall,
 		"open rackd's ports in an iptables chain of its own (FERRITE-RACK, IPv4) while it runs; needs iptables")
+	cacheFetchRate := fs.Int64("cache-fetch-rate", def.CacheFetchRate,
+		"cap on the rate the rack downloads boot resources from the region, in bytes per second (0 = no cap)")
 	debug := fs.Bool("debug", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -133,6 +137,8 @@ func run(ctx context.Context, args []string) error {
 			cfg.TFTPMaxBlksize = *tftpMaxBlksize
 		case "manage-firewall":
 			cfg.ManageFirewall = *manageFirewall
+		case "cache-fetch-rate":
+			cfg.CacheFetchRate = *cacheFetchRate
 		}
 	})
 	if err := cfg.Validate(); err != nil {

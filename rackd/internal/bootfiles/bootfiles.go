@@ -50,6 +50,13 @@ type EventRecorder interface {
 	Record(typ, mac, ip, description string)
 }
 
+// EventUnavailable is the region event for a boot file (a kernel, initrd or
+// root image a config names, a boot loader, an image) the rack could not
+// serve because it could not fetch it into its cache: the config or file
+// request failed instead of pointing the machine at a file that is not
+// there. The description names the request, the file and the cause.
+const EventUnavailable = "BOOT_FILE_UNAVAILABLE"
+
 // Protocols a Request arrives by.
 const (
 	ProtocolTFTP = "tftp"
@@ -185,10 +192,10 @@ func (h *Handler) open(ctx context.Context, p Path, req Request) (*File, string,
 	case KindEmpty:
 		return memFile(p.Clean, nil), "", nil
 	case KindImage:
-		f, err := h.image(ctx, p)
+		f, err := h.image(ctx, p, req)
 		return f, "", err
 	case KindLoader:
-		f, err := h.loader(ctx, p)
+		f, err := h.loader(ctx, p, req)
 		return f, "", err
 	}
 	return nil, "", ErrNotFound
@@ -286,6 +293,7 @@ func (h *Handler) dynamic(ctx context.Context, p Path, req Request) (*File, stri
 			continue
 		}
 		if _, err := h.opts.Cache.Ensure(ctx, f.bf); err != nil {
+			h.unavailable(mac, req, p.Clean, f.bf, err)
 			return nil, mac, fmt.Errorf("boot config for %s: cache %s: %w", p.Clean, f.bf.GetFilename(), err)
 		}
 		*f.dst = f.bf.GetSha256() + "/" + f.bf.GetFilename()
@@ -307,15 +315,17 @@ func (h *Handler) dynamic(ctx context.Context, p Path, req Request) (*File, stri
 	return memFile(p.Clean, body), mac, nil
 }
 
-func (h *Handler) image(ctx context.Context, p Path) (*File, error) {
+func (h *Handler) image(ctx context.Context, p Path, req Request) (*File, error) {
 	if h.opts.Cache == nil {
 		return nil, ErrNotFound
 	}
-	path, err := h.opts.Cache.Ensure(ctx, &rackv1.BootFile{Sha256: p.SHA256, Filename: p.Name})
+	bf := &rackv1.BootFile{Sha256: p.SHA256, Filename: p.Name}
+	path, err := h.opts.Cache.Ensure(ctx, bf)
 	if status.Code(err) == codes.NotFound {
 		return nil, ErrNotFound
 	}
 	if err != nil {
+		h.unavailable("", req, p.Clean, bf, err)
 		return nil, fmt.Errorf("image %s: %w", p.Clean, err)
 	}
 	return openRegular(path, p.Clean)
@@ -323,7 +333,7 @@ func (h *Handler) image(ctx context.Context, p Path) (*File, error) {
 
 // loader serves a boot loader the region listed, from the cache (fetched
 // now if the sync has not got to it yet).
-func (h *Handler) loader(ctx context.Context, p Path) (*File, error) {
+func (h *Handler) loader(ctx context.Context, p Path, req Request) (*File, error) {
 	m := h.loaders.Load()
 	if m == nil || h.opts.Cache == nil {
 		return nil, ErrNotFound
@@ -337,9 +347,31 @@ func (h *Handler) loader(ctx context.Context, p Path) (*File, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
+		h.unavailable("", req, p.Clean, bf, err)
 		return nil, fmt.Errorf("boot loader %s: %w", p.Clean, err)
 	}
 	return openRegular(path, p.Clean)
+}
+
+// unavailable logs and records EventUnavailable for a file the cache could
+// not provide while answering path.
+func (h *Handler) unavailable(mac string, req Request, path string, bf *rackv1.BootFile, err error) {
+	if mac == "" {
+		mac = h.leaseMAC(req.RemoteIP)
+	}
+	if errors.Is(err, context.Canceled) {
+		// The client gave up waiting (the download goes on): not a failure
+		// of the rack's, and a retrying client would flood the event log.
+		h.opts.Log.Debug("client stopped waiting for a boot file", zap.String("path", path), zap.String("ip", addrString(req.RemoteIP)))
+		return
+	}
+	h.opts.Log.Warn("boot file unavailable: the request fails instead of naming a file the rack cannot serve",
+		zap.String("path", path), zap.String("file", bf.GetFilename()), zap.String("sha256", bf.GetSha256()),
+		zap.String("mac", mac), zap.String("ip", addrString(req.RemoteIP)), zap.Error(err))
+	if h.opts.Events != nil {
+		h.opts.Events.Record(EventUnavailable, mac, addrString(req.RemoteIP),
+			fmt.Sprintf("%s: cannot serve %s (sha256 %s): %v", path, bf.GetFilename(), bf.GetSha256(), err))
+	}
 }
 
 func openRegular(path, name string) (*File, error) {

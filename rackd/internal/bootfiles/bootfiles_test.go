@@ -47,6 +47,7 @@ func (f *fakeRegion) GetBootConfig(_ context.Context, req *rackv1.GetBootConfigR
 type fakeCache struct {
 	dir     string
 	missing map[string]bool
+	failing map[string]bool // Ensure fails as if the region were away
 	ensured []string
 }
 
@@ -54,6 +55,9 @@ func (c *fakeCache) Ensure(_ context.Context, f *rackv1.BootFile) (string, error
 	c.ensured = append(c.ensured, f.GetSha256())
 	if c.missing[f.GetSha256()] {
 		return "", status.Error(codes.NotFound, "no such file")
+	}
+	if c.failing[f.GetSha256()] {
+		return "", status.Error(codes.Unavailable, "region unreachable")
 	}
 	p := filepath.Join(c.dir, f.GetSha256())
 	if err := os.WriteFile(p, []byte("content of "+f.GetFilename()), 0o644); err != nil {
@@ -94,7 +98,7 @@ func enlist() *rackv1.GetBootConfigResponse {
 func setup(t *testing.T) (*bootfiles.Handler, *fakeRegion, *fakeCache, *fakeEvents, string) {
 	t.Helper()
 	reg := &fakeRegion{}
-	fc := &fakeCache{dir: t.TempDir(), missing: map[string]bool{}}
+	fc := &fakeCache{dir: t.TempDir(), missing: map[string]bool{}, failing: map[string]bool{}}
 	ev := &fakeEvents{}
 	h := bootfiles.New(bootfiles.Options{
 		Region: reg, Cache: fc, Events: ev,

@@ -2,7 +2,12 @@
 // DIR/<sha256> holds a verified file, DIR/<sha256>.partial a download in
 // progress. Files are fetched from a region (resuming from the partial
 // file's size), verified against their sha256 and only then renamed into
-// place, so a partial or corrupt file is never served.
+// place, so a partial or corrupt file is never served: Lookup (and so every
+// HTTP and TFTP answer) only ever sees DIR/<sha256>.
+//
+// Status lists what the cache holds for the region's sync report; the
+// notify function (SetNotify) is called whenever that changes: a download
+// starts, finishes or fails, or Sync removes files.
 package cache
 
 import (
@@ -14,12 +19,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	rackv1 "github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1"
 	"github.com/ferrite-metal/ferrite/rackd/internal/metrics"
@@ -48,10 +56,22 @@ type Cache struct {
 	fetchTimeout time.Duration
 	sf           singleflight.Group
 
+	// RetryDelay is the pause after a download attempt that made no
+	// progress, doubled for each further one (default 1 s). Set before use.
+	RetryDelay time.Duration
+
 	mu       sync.Mutex
 	inflight map[string]int
+	failures map[string]failure // last failed download per sha256
+	rate     int64              // bytes per second for downloads, 0 = unlimited
+	notify   func()
 
 	fetches, fetchErrors, bytes *metrics.Counter
+}
+
+type failure struct {
+	err  string
+	time time.Time
 }
 
 // New opens (creating) a cache in dir.
@@ -67,11 +87,100 @@ func New(dir string, src Source, log *zap.Logger, m *metrics.Registry) (*Cache, 
 		src:          src,
 		log:          log,
 		fetchTimeout: 30 * time.Minute,
+		RetryDelay:   time.Second,
 		inflight:     map[string]int{},
+		failures:     map[string]failure{},
 		fetches:      m.Counter("ferrite_rack_cache_fetches_total", "Boot resource downloads completed."),
 		fetchErrors:  m.Counter("ferrite_rack_cache_fetch_errors_total", "Boot resource downloads that failed."),
 		bytes:        m.Counter("ferrite_rack_cache_fetched_bytes_total", "Bytes downloaded into the cache."),
 	}, nil
+}
+
+// SetRateLimit caps the download rate of every fetch at bytesPerSecond (0 =
+// unlimited), for racks behind a thin link to the region.
+func (c *Cache) SetRateLimit(bytesPerSecond int64) {
+	c.mu.Lock()
+	c.rate = max(bytesPerSecond, 0)
+	c.mu.Unlock()
+}
+
+// SetNotify installs fn, called (from the goroutine that made the change;
+// fn must not block) whenever what Status returns may have changed.
+func (c *Cache) SetNotify(fn func()) {
+	c.mu.Lock()
+	c.notify = fn
+	c.mu.Unlock()
+}
+
+func (c *Cache) changed() {
+	c.mu.Lock()
+	fn := c.notify
+	c.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+// Downloading reports how many downloads are running.
+func (c *Cache) Downloading() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.inflight)
+}
+
+// Status lists every file of the cache, ordered by sha256: complete files,
+// partial downloads (Size = bytes so far) and files whose last download
+// failed (with its error), whether running now.
+func (c *Cache) Status() ([]*rackv1.CacheFile, error) {
+	entries, err := os.ReadDir(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list cache: %w", err)
+	}
+	byHash := map[string]*rackv1.CacheFile{}
+	get := func(sha string) *rackv1.CacheFile {
+		f := byHash[sha]
+		if f == nil {
+			f = &rackv1.CacheFile{Sha256: sha}
+			byHash[sha] = f
+		}
+		return f
+	}
+	for _, e := range entries {
+		name := e.Name()
+		sha, partial := strings.CutSuffix(name, partialSuffix)
+		if !ValidSHA256(sha) || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		f := get(sha)
+		switch {
+		case !partial:
+			f.Complete, f.Size = true, info.Size()
+		case !f.Complete:
+			f.Size = info.Size()
+		}
+	}
+	c.mu.Lock()
+	for sha := range c.inflight {
+		if f := get(sha); !f.Complete {
+			f.Downloading = true
+		}
+	}
+	for sha, fl := range c.failures {
+		if f := get(sha); !f.Complete {
+			f.Error, f.ErrorTimeUnixNano = fl.err, fl.time.UnixNano()
+		}
+	}
+	c.mu.Unlock()
+	out := make([]*rackv1.CacheFile, 0, len(byHash))
+	for _, f := range byHash {
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(a, b *rackv1.CacheFile) int { return strings.Compare(a.Sha256, b.Sha256) })
+	return out, nil
 }
 
 // ValidSHA256 reports whether s is 64 lowercase hex digits.
@@ -117,16 +226,20 @@ func (c *Cache) Ensure(ctx context.Context, f *rackv1.BootFile) (string, error) 
 		c.mu.Lock()
 		c.inflight[sha]++
 		c.mu.Unlock()
-		defer func() {
-			c.mu.Lock()
-			if c.inflight[sha]--; c.inflight[sha] <= 0 {
-				delete(c.inflight, sha)
-			}
-			c.mu.Unlock()
-		}()
+		c.changed()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.fetchTimeout)
 		defer cancel()
-		return c.fetch(fctx, sha, f.GetSize(), f.GetFilename())
+		p, err := c.fetch(fctx, sha, f.GetSize(), f.GetFilename())
+		c.mu.Lock()
+		if c.inflight[sha]--; c.inflight[sha] <= 0 {
+			delete(c.inflight, sha)
+		}
+		if err == nil {
+			delete(c.failures, sha)
+		}
+		c.mu.Unlock()
+		c.changed()
+		return p, err
 	})
 	select {
 	case <-ctx.Done():
@@ -146,11 +259,13 @@ func (c *Cache) fetch(ctx context.Context, sha string, want int64, name string) 
 	}
 	start := time.Now()
 	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
+	// Up to 3 attempts in a row that make no progress; an attempt that
+	// moved bytes (a connection that dropped mid-file) does not count.
+	for attempt, idle := 0, 0; idle < 3; attempt++ {
 		if ctx.Err() != nil {
 			break
 		}
-		err := c.fetchOnce(ctx, sha, want)
+		progressed, err := c.fetchOnce(ctx, sha, want)
 		if err == nil {
 			c.fetches.Inc()
 			c.log.Info("cached boot resource", zap.String("sha256", sha), zap.String("filename", name),
@@ -163,11 +278,25 @@ func (c *Cache) fetch(ctx context.Context, sha string, want int64, name string) 
 		if errors.Is(err, errNoRetry) {
 			break
 		}
+		if progressed {
+			idle = 0
+			continue
+		}
+		idle++
+		if idle < 3 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(c.RetryDelay << (idle - 1)):
+			}
+		}
 	}
 	c.fetchErrors.Inc()
 	if lastErr == nil {
 		lastErr = ctx.Err()
 	}
+	c.mu.Lock()
+	c.failures[sha] = failure{err: lastErr.Error(), time: time.Now()}
+	c.mu.Unlock()
 	return "", fmt.Errorf("cache %s (%s): %w", sha, name, lastErr)
 }
 
@@ -180,78 +309,101 @@ func (e noRetry) Unwrap() []error { return []error{e.err, errNoRetry} }
 
 // fetchOnce resumes (or starts) the download into the partial file, then
 // verifies and renames it. A hash mismatch throws the partial file away.
-func (c *Cache) fetchOnce(ctx context.Context, sha string, want int64) error {
+// progressed tells whether the partial file grew (a download that broke
+// off mid-file is worth retrying at once).
+func (c *Cache) fetchOnce(ctx context.Context, sha string, want int64) (progressed bool, err error) {
+	n, err := c.fetchOnceN(ctx, sha, want)
+	return n > 0 && !errors.Is(err, ErrHashMismatch), err
+}
+
+func (c *Cache) fetchOnceN(ctx context.Context, sha string, want int64) (int64, error) {
 	partial := filepath.Join(c.dir, sha+partialSuffix)
 	f, err := os.OpenFile(partial, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return noRetry{fmt.Errorf("open partial file: %w", err)}
+		return 0, noRetry{fmt.Errorf("open partial file: %w", err)}
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("stat partial file: %w", err)
+		return 0, fmt.Errorf("stat partial file: %w", err)
 	}
 	off := st.Size()
 	if want > 0 && off > want {
 		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("truncate partial file: %w", err)
+			return 0, fmt.Errorf("truncate partial file: %w", err)
 		}
 		off = 0
 	}
+	var moved int64
 	if want == 0 || off < want {
-		rc, total, err := c.src.FetchFile(ctx, sha, off)
-		if err != nil && off > 0 {
-			// The region may not accept our offset (file changed?): restart.
-			if terr := f.Truncate(0); terr != nil {
-				return fmt.Errorf("truncate partial file: %w", terr)
-			}
-			return fmt.Errorf("resume at %d: %w", off, err)
+		if off > 0 {
+			c.log.Info("resuming boot resource download", zap.String("sha256", sha), zap.Int64("offset", off), zap.Int64("size", want))
 		}
-		if err != nil {
-			return noRetry{err}
+		rc, total, err := c.src.FetchFile(ctx, sha, off)
+		switch code := status.Code(err); {
+		case err == nil:
+		case code == codes.OutOfRange && off > 0:
+			// The region does not accept our offset (the partial file is
+			// longer than the file): start again.
+			if terr := f.Truncate(0); terr != nil {
+				return 0, fmt.Errorf("truncate partial file: %w", terr)
+			}
+			return 0, fmt.Errorf("resume at %d: %w", off, err)
+		case code == codes.NotFound || code == codes.InvalidArgument || code == codes.PermissionDenied || code == codes.Unauthenticated:
+			return 0, noRetry{err}
+		default:
+			// The region is away or failed: keep the partial file, retry.
+			return 0, err
 		}
 		defer rc.Close()
 		if want == 0 {
 			want = total
 		}
 		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return fmt.Errorf("seek partial file: %w", err)
+			return 0, fmt.Errorf("seek partial file: %w", err)
 		}
 		var r io.Reader = rc
 		if want > 0 {
 			r = io.LimitReader(rc, want-off+1) // +1: notice a source sending too much
 		}
+		c.mu.Lock()
+		rate := c.rate
+		c.mu.Unlock()
+		if rate > 0 {
+			r = &limitedReader{ctx: ctx, r: r, rate: rate, start: time.Now()}
+		}
 		n, err := io.Copy(f, r)
 		c.bytes.Add(uint64(max(n, 0)))
+		moved = n
 		if err != nil {
-			return fmt.Errorf("download from offset %d: %w", off, err)
+			return n, fmt.Errorf("download from offset %d: %w", off, err)
 		}
 		off += n
 		if want > 0 && off != want {
 			if off > want {
 				_ = f.Truncate(0)
 			}
-			return fmt.Errorf("download ended at %d bytes, want %d", off, want)
+			return moved, fmt.Errorf("download ended at %d bytes, want %d", off, want)
 		}
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("seek partial file: %w", err)
+		return 0, fmt.Errorf("seek partial file: %w", err)
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("hash partial file: %w", err)
+		return 0, fmt.Errorf("hash partial file: %w", err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
 		_ = f.Truncate(0)
-		return fmt.Errorf("%w (got %s)", ErrHashMismatch, got)
+		return moved, fmt.Errorf("%w (got %s)", ErrHashMismatch, got)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync partial file: %w", err)
+		return 0, fmt.Errorf("sync partial file: %w", err)
 	}
 	if err := os.Rename(partial, filepath.Join(c.dir, sha)); err != nil {
-		return noRetry{fmt.Errorf("move verified file into place: %w", err)}
+		return 0, noRetry{fmt.Errorf("move verified file into place: %w", err)}
 	}
-	return nil
+	return moved, nil
 }
 
 // Sync downloads every listed file that is missing, then removes cached
@@ -274,6 +426,17 @@ func (c *Cache) Sync(ctx context.Context, files []*rackv1.BootFile) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for sha := range c.failures {
+		if !keep[sha] {
+			delete(c.failures, sha)
+		}
+	}
+	removed := 0
+	defer func() {
+		if removed > 0 {
+			go c.changed() // not under c.mu
+		}
+	}()
 	for _, e := range entries {
 		name := e.Name()
 		sha := strings.TrimSuffix(name, partialSuffix)
@@ -284,7 +447,37 @@ func (c *Cache) Sync(ctx context.Context, files []*rackv1.BootFile) error {
 			errs = append(errs, fmt.Errorf("remove unreferenced %s: %w", name, err))
 			continue
 		}
+		removed++
 		c.log.Info("removed unreferenced boot resource", zap.String("file", name))
 	}
 	return errors.Join(errs...)
+}
+
+// limitedReader paces reads to rate bytes per second on average.
+type limitedReader struct {
+	ctx   context.Context
+	r     io.Reader
+	rate  int64
+	start time.Time
+	n     int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	// At most a tenth of a second's worth at a time, so pacing is smooth.
+	if chunk := max(l.rate/10, 1); int64(len(p)) > chunk {
+		p = p[:chunk]
+	}
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	due := time.Duration(float64(l.n) / float64(l.rate) * float64(time.Second))
+	if wait := due - time.Since(l.start); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-l.ctx.Done():
+			return n, l.ctx.Err()
+		case <-t.C:
+		}
+	}
+	return n, err
 }

@@ -32,6 +32,11 @@ type source struct {
 	failAfter []int
 	corrupt   bool
 	gate      chan struct{} // when set, FetchFile waits for it
+	// errs: the first len(errs) calls fail with these errors.
+	errs []error
+	// pause: when set, a stream stops after pauseAt bytes until it closes.
+	pause   chan struct{}
+	pauseAt int
 }
 
 func (s *source) FetchFile(ctx context.Context, sha string, off int64) (io.ReadCloser, int64, error) {
@@ -41,6 +46,11 @@ func (s *source) FetchFile(ctx context.Context, sha string, off int64) (io.ReadC
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.offsets = append(s.offsets, off)
+	if len(s.errs) > 0 {
+		err := s.errs[0]
+		s.errs = s.errs[1:]
+		return nil, 0, err
+	}
 	data, ok := s.files[sha]
 	if !ok {
 		return nil, 0, status.Error(codes.NotFound, "no such file")
@@ -54,8 +64,15 @@ func (s *source) FetchFile(ctx context.Context, sha string, off int64) (io.ReadC
 		s.failAfter = s.failAfter[1:]
 		return io.NopCloser(io.MultiReader(bytes.NewReader(rest[:n]), errReader{})), int64(len(data)), nil
 	}
+	if s.pause != nil && len(rest) > s.pauseAt {
+		return io.NopCloser(io.MultiReader(bytes.NewReader(rest[:s.pauseAt]), waitReader{s.pause}, bytes.NewReader(rest[s.pauseAt:]))), int64(len(data)), nil
+	}
 	return io.NopCloser(bytes.NewReader(rest)), int64(len(data)), nil
 }
+
+type waitReader struct{ ch chan struct{} }
+
+func (w waitReader) Read([]byte) (int, error) { <-w.ch; return 0, io.EOF }
 
 type errReader struct{}
 
@@ -75,6 +92,7 @@ func newCache(t *testing.T, src *source) (*cache.Cache, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.RetryDelay = time.Millisecond
 	return c, dir
 }
 

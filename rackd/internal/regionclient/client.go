@@ -445,3 +445,13 @@ func (c *Client) runEvents(ctx context.Context) {
 		}
 	}
 }
+
+// ReportCache sends the region what the rack's cache holds now.
+func (c *Client) ReportCache(ctx context.Context, req *rackv1.ReportCacheRequest) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := c.rack.ReportCache(ctx, req); err != nil {
+		return fmt.Errorf("ReportCache: %w", err)
+	}
+	return nil
+}

@@ -23,6 +23,7 @@ func commands() []command {
 	return append([]command{
 		{"login", "--url URL --token TOKEN", "Check TOKEN against the region API at URL and save both for later commands.", setupLogin},
 		{"racks list", "[-o json]", "List registered rack controllers.", setupRacksList},
+		{"racks show", "NAME [-o json]", "Show a rack, the regions it talks to and how far its boot resource cache is in sync.", setupRacksShow},
 		{"subnets create", "--cidr CIDR --rack NAME [--gateway IP] [--dns IP]... [--dynamic-range LO-HI]... [--ntp IP]... [--disable-boot-method M]... [-o json]",
 			"Create a subnet served by rack NAME.", setupSubnetsCreate},
 		{"subnets list", "[-o json]", "List subnets.", setupSubnetsList},
@@ -45,7 +46,7 @@ func commands() []command {
 			setupMachinesSetIP},
 		{"events list", "[--limit N] [--mac MAC] [--system-id ID] [-o json]", "List the latest events, oldest first.", setupEventsList},
 		{"leases list", "[--mac MAC] [--rack NAME] [--state STATE] [-o json]", "List DHCP leases as the racks reported them.", setupLeasesList},
-	}, slices.Concat(powerCommands(), lifecycleCommands())...) // power.go, lifecycle.go
+	}, slices.Concat(powerCommands(), lifecycleCommands(), importCommands())...) // power.go, lifecycle.go, images_import.go
 }
 
 // noArgs refuses positional arguments.

@@ -43,6 +43,8 @@ type Store interface {
 	PowerStore     // power.go
 	lifecycleStore // machines_actions.go
 	metadataStore  // metadata_api.go
+	rackSyncStore  // racks_show.go
+	importStore    // imports.go
 }
 
 // Config configures the handlers.
@@ -104,10 +106,14 @@ func New(cfg Config) (*Server, error) {
 	auth := s.requireToken
 	// Operator REST API.
 	mux.Handle("GET /api/v1/racks", auth(s.listRacks))
+	mux.Handle("GET /api/v1/racks/{name}", auth(s.getRack)) // racks_show.go
 	mux.Handle("GET /api/v1/subnets", auth(s.listSubnets))
 	mux.Handle("POST /api/v1/subnets", auth(s.createSubnet))
 	mux.Handle("GET /api/v1/images", auth(s.listImages))
 	mux.Handle("POST /api/v1/images", auth(s.uploadImage))
+	mux.Handle("POST /api/v1/images/imports", auth(s.createImport)) // imports.go
+	mux.Handle("GET /api/v1/images/imports", auth(s.listImports))
+	mux.Handle("GET /api/v1/images/imports/{id}", auth(s.getImport))
 	mux.Handle("GET /api/v1/images/files/{sha256}", auth(s.downloadImageFile))
 	mux.Handle("GET /api/v1/config", auth(s.getConfig))
 	mux.Handle("PUT /api/v1/config/{key}", auth(s.setConfig))

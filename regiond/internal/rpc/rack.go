@@ -53,6 +53,7 @@ func (s *Server) WatchConfig(_ *rackv1.WatchConfigRequest, stream grpc.ServerStr
 		return err
 	}
 	log := s.log.With(zap.String("rack", rk.ID))
+	s.touchContact(ctx, log, rk.ID)
 	// Subscribe before the first read so no change slips in between.
 	wake, unsubscribe := s.changes.subscribe()
 	defer unsubscribe()
@@ -143,17 +144,10 @@ func (s *Server) RackConfig(ctx context.Context, rackID string) (*rackv1.RackCon
 	for _, r := range reservations {
 		cfg.Reservations = append(cfg.Reservations, &rackv1.Reservation{Mac: r.MAC, Ip: r.IP.String(), Hostname: r.Hostname})
 	}
-	seen := map[string]bool{}
-	for _, br := range resources {
-		for _, f := range br.Files {
-			if seen[f.SHA256] {
-				continue
-			}
-			seen[f.SHA256] = true
-			cfg.BootFiles = append(cfg.BootFiles, &rackv1.BootFile{Sha256: f.SHA256, Size: f.Size, Filename: f.Filename})
-		}
+	// The same set `racks show` compares a rack's cache report with.
+	for _, w := range store.WantedFiles(resources) {
+		cfg.BootFiles = append(cfg.BootFiles, &rackv1.BootFile{Sha256: w.SHA256, Size: w.Size, Filename: w.Uses[0].Filename})
 	}
-	slices.SortFunc(cfg.BootFiles, func(a, b *rackv1.BootFile) int { return strings.Compare(a.Sha256, b.Sha256) })
 	cfg.Bootloaders = bootloaders(resources)
 	return cfg, nil
 }
@@ -219,6 +213,13 @@ func (s *Server) FetchFile(req *rackv1.FetchFileRequest, stream grpc.ServerStrea
 		return status.Errorf(codes.OutOfRange, "offset %d is beyond the file size %d", req.GetOffset(), size)
 	}
 	remaining := size - req.GetOffset()
+	// One line per transfer, however it ends: operators (and the resume
+	// tests) see where each download started and how much it moved.
+	var sent int64
+	defer func() {
+		log.Info("boot resource transfer ended", zap.Int64("offset", req.GetOffset()), zap.Int64("sent", sent),
+			zap.Int64("size", size), zap.Bool("complete", req.GetOffset()+sent == size), zap.Error(ctx.Err()))
+	}()
 	for first := true; first || remaining > 0; first = false {
 		// A fresh buffer per message: gRPC may still hold the previous one.
 		buf := make([]byte, min(ChunkSize, remaining))
@@ -237,6 +238,7 @@ func (s *Server) FetchFile(req *rackv1.FetchFileRequest, stream grpc.ServerStrea
 			return err
 		}
 		remaining -= int64(len(buf))
+		sent += int64(len(buf))
 	}
 	// Reading to EOF lets the store check the content against its sha256.
 	if n, err := rc.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {

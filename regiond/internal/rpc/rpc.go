@@ -41,6 +41,7 @@ type Store interface {
 	AddEvents(ctx context.Context, evs ...store.Event) error
 	UpsertLeases(ctx context.Context, rackID string, leases []store.Lease) error
 	PowerStore // power.go
+	CacheStore // cache.go
 }
 
 // Config configures a Server.

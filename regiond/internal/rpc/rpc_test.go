@@ -304,6 +304,7 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 	_, out["SendEvents"] = c.SendEvents(ctx, &rackv1.SendEventsRequest{})
 	_, out["ReportLeases"] = c.ReportLeases(ctx, &rackv1.ReportLeasesRequest{})
 	_, out["ReportPowerResult"] = c.ReportPowerResult(ctx, &rackv1.ReportPowerResultRequest{})
+	_, out["ReportCache"] = c.ReportCache(ctx, &rackv1.ReportCacheRequest{})
 	if s, err := c.WatchPowerCommands(ctx, &rackv1.WatchPowerCommandsRequest{}); err != nil {
 		out["WatchPowerCommands"] = err
 	} else {
@@ -325,7 +326,7 @@ func rackCalls(ctx context.Context, c rackv1.RackServiceClient) map[string]error
 func TestRackServiceRefusesWithoutValidCertificate(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 8 {
+	if n := len(rackv1.RackService_ServiceDesc.Methods) + len(rackv1.RackService_ServiceDesc.Streams); n != 9 {
 		t.Fatalf("RackService has %d methods; update rackCalls", n)
 	}
 	// A registered rack, whose ID the foreign certificate below claims.

@@ -91,7 +91,14 @@ func (s *Store) PutBlob(ctx context.Context, r io.Reader) (sha256hex string, siz
 		return "", 0, fmt.Errorf("store blob %s: %w", sum, err)
 	}
 	if exists {
-		return sum, size, nil // deduplicated: the deferred rollback discards our copy
+		// Deduplicated: discard our copy, and mark the stored one as used
+		// (touchBlob) so the collector's grace period starts again: the
+		// caller is about to reference it.
+		_ = tx.Rollback(ctx)
+		if err := s.touchBlob(ctx, sum); err != nil {
+			return "", 0, err
+		}
+		return sum, size, nil
 	}
 	if _, err := tx.Exec(ctx, "DELETE FROM blobs WHERE sha256 = $1 AND NOT complete", sum); err != nil {
 		return "", 0, fmt.Errorf("store blob %s: %w", sum, err)
@@ -226,8 +233,27 @@ func (b *blobReader) Close() error {
 // a stored blob (else ErrNotFound); a zero Size is filled in from the blob,
 // a different one is ErrInvalid.
 func (s *Store) SaveBootResource(ctx context.Context, br BootResource) (BootResource, error) {
+	if err := checkBootResource(&br); err != nil {
+		return BootResource{}, err
+	}
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		changed, err := saveBootResourceTx(ctx, tx, &br)
+		if err != nil || !changed {
+			return err
+		}
+		return notify(ctx, tx, "boot_resources")
+	})
+	if err != nil {
+		return BootResource{}, fmt.Errorf("save boot resource %s %s: %w", br.Name, br.Arch, err)
+	}
+	return br, nil
+}
+
+// checkBootResource validates br's name, arch and file names, fills in the
+// default kind, and sorts its files by name.
+func checkBootResource(br *BootResource) error {
 	if br.Name == "" || br.Arch == "" {
-		return BootResource{}, fmt.Errorf("save boot resource: needs a name and an arch: %w", ErrInvalid)
+		return fmt.Errorf("save boot resource: needs a name and an arch: %w", ErrInvalid)
 	}
 	if br.Kind == "" {
 		br.Kind = DefaultKind
@@ -236,54 +262,54 @@ func (s *Store) SaveBootResource(ctx context.Context, br BootResource) (BootReso
 	seen := map[string]bool{}
 	for i, f := range files {
 		if f.Filename == "" || strings.ContainsAny(f.Filename, "/\x00") || f.Filename == "." || f.Filename == ".." {
-			return BootResource{}, fmt.Errorf("save boot resource %s %s: bad filename %q: %w", br.Name, br.Arch, f.Filename, ErrInvalid)
+			return fmt.Errorf("save boot resource %s %s: bad filename %q: %w", br.Name, br.Arch, f.Filename, ErrInvalid)
 		}
 		if seen[f.Filename] {
-			return BootResource{}, fmt.Errorf("save boot resource %s %s: file %s listed twice: %w", br.Name, br.Arch, f.Filename, ErrInvalid)
+			return fmt.Errorf("save boot resource %s %s: file %s listed twice: %w", br.Name, br.Arch, f.Filename, ErrInvalid)
 		}
 		seen[f.Filename] = true
 		files[i].SHA256 = strings.ToLower(f.SHA256)
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Filename < files[j].Filename })
 	br.Files = files
+	return nil
+}
 
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		for i, f := range br.Files {
-			var size int64
-			err := tx.QueryRow(ctx, "SELECT size FROM blobs WHERE sha256 = $1 AND complete FOR SHARE", f.SHA256).Scan(&size)
-			if err != nil {
-				return notFound(err, fmt.Sprintf("blob %s for %s", f.SHA256, f.Filename))
-			}
-			if f.Size != 0 && f.Size != size {
-				return fmt.Errorf("%s: size %d, but blob %s has %d bytes: %w", f.Filename, f.Size, f.SHA256, size, ErrInvalid)
-			}
-			br.Files[i].Size = size
+// saveBootResourceTx stores the checked br within tx (see SaveBootResource),
+// filling in its ID, Created and file sizes, and reports whether anything
+// changed; the caller notifies.
+func saveBootResourceTx(ctx context.Context, tx pgx.Tx, br *BootResource) (changed bool, err error) {
+	for i, f := range br.Files {
+		var size int64
+		err := tx.QueryRow(ctx, "SELECT size FROM blobs WHERE sha256 = $1 AND complete FOR SHARE", f.SHA256).Scan(&size)
+		if err != nil {
+			return false, notFound(err, fmt.Sprintf("blob %s for %s", f.SHA256, f.Filename))
 		}
-		if same, err := sameBootResource(ctx, tx, &br); err != nil || same {
-			return err
+		if f.Size != 0 && f.Size != size {
+			return false, fmt.Errorf("%s: size %d, but blob %s has %d bytes: %w", f.Filename, f.Size, f.SHA256, size, ErrInvalid)
 		}
-		if err := tx.QueryRow(ctx, `
-			INSERT INTO boot_resources (name, arch, kind) VALUES ($1, $2, $3)
-			ON CONFLICT (name, arch) DO UPDATE SET kind = EXCLUDED.kind, created = now()
-			RETURNING id, created`, br.Name, br.Arch, br.Kind).Scan(&br.ID, &br.Created); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM boot_resource_files WHERE resource_id = $1", br.ID); err != nil {
-			return err
-		}
-		for _, f := range br.Files {
-			if _, err := tx.Exec(ctx, `
-				INSERT INTO boot_resource_files (resource_id, filename, sha256, size) VALUES ($1, $2, $3, $4)`,
-				br.ID, f.Filename, f.SHA256, f.Size); err != nil {
-				return fmt.Errorf("save file %s: %w", f.Filename, err)
-			}
-		}
-		return notify(ctx, tx, "boot_resources")
-	})
-	if err != nil {
-		return BootResource{}, fmt.Errorf("save boot resource %s %s: %w", br.Name, br.Arch, err)
+		br.Files[i].Size = size
 	}
-	return br, nil
+	if same, err := sameBootResource(ctx, tx, br); err != nil || same {
+		return false, err
+	}
+	if err := tx.QueryRow(ctx, `
+		INSERT INTO boot_resources (name, arch, kind) VALUES ($1, $2, $3)
+		ON CONFLICT (name, arch) DO UPDATE SET kind = EXCLUDED.kind, created = now()
+		RETURNING id, created`, br.Name, br.Arch, br.Kind).Scan(&br.ID, &br.Created); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM boot_resource_files WHERE resource_id = $1", br.ID); err != nil {
+		return false, err
+	}
+	for _, f := range br.Files {
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO boot_resource_files (resource_id, filename, sha256, size) VALUES ($1, $2, $3, $4)`,
+			br.ID, f.Filename, f.SHA256, f.Size); err != nil {
+			return false, fmt.Errorf("save file %s: %w", f.Filename, err)
+		}
+	}
+	return true, nil
 }
 
 // sameBootResource reports whether the stored resource named like br has

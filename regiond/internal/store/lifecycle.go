@@ -221,15 +221,15 @@ func (e *StateError) Unwrap() error { return ErrConflict }
 
 // ActionRequest is an action with its options.
 type ActionRequest struct {
-	Action  Action
-	Image   string // deploy: root-dd image name; "" = the machine's last one
+	Action Action
+	Image  string // deploy: root-dd image name; "" = the machine's last one
 	// Erase (release): the ephemeral environment overwrites every disk with
 	// zeros before the machine is Ready; QuickErase only the first and last
 	// 2 MiB of each (partition tables, boot sectors and the signatures of
 	// most filesystems and RAID/LVM). QuickErase implies Erase.
 	Erase, QuickErase bool
-	Comment string // mark-broken: why
-	Owner   string // deploy: who allocates the machine (API token name)
+	Comment           string // mark-broken: why
+	Owner             string // deploy: who allocates the machine (API token name)
 	// UserData is deploy's user-data for the installed system (at most
 	// MaxUserData bytes); it replaces the machine's, nil = none.
 	UserData []byte

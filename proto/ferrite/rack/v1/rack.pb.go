@@ -2021,6 +2021,203 @@ func (*ReportPowerResultResponse) Descriptor() ([]byte, []int) {
 	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{30}
 }
 
+type ReportCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every file of the cache: complete ones, partial downloads, and files
+	// whose last download failed (even with nothing held). At most 100000.
+	Files []*CacheFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	// RackConfig.version of the configuration the rack last finished a sync
+	// of; 0 when it has not finished one since it started.
+	SyncedVersion int64 `protobuf:"varint,2,opt,name=synced_version,json=syncedVersion,proto3" json:"synced_version,omitempty"`
+	// A sync is under way (files are being fetched or removed).
+	Syncing       bool  `protobuf:"varint,3,opt,name=syncing,proto3" json:"syncing,omitempty"`
+	TimeUnixNano  int64 `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"` // when the rack took this snapshot
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportCacheRequest) Reset() {
+	*x = ReportCacheRequest{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCacheRequest) ProtoMessage() {}
+
+func (x *ReportCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCacheRequest.ProtoReflect.Descriptor instead.
+func (*ReportCacheRequest) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReportCacheRequest) GetFiles() []*CacheFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *ReportCacheRequest) GetSyncedVersion() int64 {
+	if x != nil {
+		return x.SyncedVersion
+	}
+	return 0
+}
+
+func (x *ReportCacheRequest) GetSyncing() bool {
+	if x != nil {
+		return x.Syncing
+	}
+	return false
+}
+
+func (x *ReportCacheRequest) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+type CacheFile struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Sha256 string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"` // lowercase hex
+	// Bytes the rack holds: the whole file when complete, the bytes
+	// downloaded so far when partial, 0 when nothing is held.
+	Size        int64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Complete    bool  `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`       // verified against sha256 and served
+	Downloading bool  `protobuf:"varint,4,opt,name=downloading,proto3" json:"downloading,omitempty"` // a download of it is running now
+	// Why the last download of this file failed; empty after a success. A
+	// file may be partial and failed at once (it resumes on the next try).
+	Error             string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorTimeUnixNano int64  `protobuf:"varint,6,opt,name=error_time_unix_nano,json=errorTimeUnixNano,proto3" json:"error_time_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CacheFile) Reset() {
+	*x = CacheFile{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheFile) ProtoMessage() {}
+
+func (x *CacheFile) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheFile.ProtoReflect.Descriptor instead.
+func (*CacheFile) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CacheFile) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *CacheFile) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *CacheFile) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *CacheFile) GetDownloading() bool {
+	if x != nil {
+		return x.Downloading
+	}
+	return false
+}
+
+func (x *CacheFile) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *CacheFile) GetErrorTimeUnixNano() int64 {
+	if x != nil {
+		return x.ErrorTimeUnixNano
+	}
+	return 0
+}
+
+type ReportCacheResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportCacheResponse) Reset() {
+	*x = ReportCacheResponse{}
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCacheResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCacheResponse) ProtoMessage() {}
+
+func (x *ReportCacheResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferrite_rack_v1_rack_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCacheResponse.ProtoReflect.Descriptor instead.
+func (*ReportCacheResponse) Descriptor() ([]byte, []int) {
+	return file_ferrite_rack_v1_rack_proto_rawDescGZIP(), []int{33}
+}
+
 var File_ferrite_rack_v1_rack_proto protoreflect.FileDescriptor
 
 const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
@@ -2178,9 +2375,22 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12#\n" +
 	"\rduration_nano\x18\x05 \x01(\x03R\fdurationNano\"\x1b\n" +
-	"\x19ReportPowerResultResponse2j\n" +
+	"\x19ReportPowerResultResponse\"\xad\x01\n" +
+	"\x12ReportCacheRequest\x120\n" +
+	"\x05files\x18\x01 \x03(\v2\x1a.ferrite.rack.v1.CacheFileR\x05files\x12%\n" +
+	"\x0esynced_version\x18\x02 \x01(\x03R\rsyncedVersion\x12\x18\n" +
+	"\asyncing\x18\x03 \x01(\bR\asyncing\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\"\xbc\x01\n" +
+	"\tCacheFile\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1a\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\x12 \n" +
+	"\vdownloading\x18\x04 \x01(\bR\vdownloading\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12/\n" +
+	"\x14error_time_unix_nano\x18\x06 \x01(\x03R\x11errorTimeUnixNano\"\x15\n" +
+	"\x13ReportCacheResponse2j\n" +
 	"\x13RegistrationService\x12S\n" +
-	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\xf8\x05\n" +
+	"\bRegister\x12 .ferrite.rack.v1.RegisterRequest\x1a!.ferrite.rack.v1.RegisterResponse(\x010\x012\xd2\x06\n" +
 	"\vRackService\x12F\n" +
 	"\x05Hello\x12\x1d.ferrite.rack.v1.HelloRequest\x1a\x1e.ferrite.rack.v1.HelloResponse\x12Z\n" +
 	"\vWatchConfig\x12#.ferrite.rack.v1.WatchConfigRequest\x1a$.ferrite.rack.v1.WatchConfigResponse0\x01\x12^\n" +
@@ -2190,7 +2400,8 @@ const file_ferrite_rack_v1_rack_proto_rawDesc = "" +
 	"SendEvents\x12\".ferrite.rack.v1.SendEventsRequest\x1a#.ferrite.rack.v1.SendEventsResponse\x12[\n" +
 	"\fReportLeases\x12$.ferrite.rack.v1.ReportLeasesRequest\x1a%.ferrite.rack.v1.ReportLeasesResponse\x12o\n" +
 	"\x12WatchPowerCommands\x12*.ferrite.rack.v1.WatchPowerCommandsRequest\x1a+.ferrite.rack.v1.WatchPowerCommandsResponse0\x01\x12j\n" +
-	"\x11ReportPowerResult\x12).ferrite.rack.v1.ReportPowerResultRequest\x1a*.ferrite.rack.v1.ReportPowerResultResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
+	"\x11ReportPowerResult\x12).ferrite.rack.v1.ReportPowerResultRequest\x1a*.ferrite.rack.v1.ReportPowerResultResponse\x12X\n" +
+	"\vReportCache\x12#.ferrite.rack.v1.ReportCacheRequest\x1a$.ferrite.rack.v1.ReportCacheResponseB?Z=github.com/ferrite-metal/ferrite/proto/ferrite/rack/v1;rackv1b\x06proto3"
 
 var (
 	file_ferrite_rack_v1_rack_proto_rawDescOnce sync.Once
@@ -2204,7 +2415,7 @@ func file_ferrite_rack_v1_rack_proto_rawDescGZIP() []byte {
 	return file_ferrite_rack_v1_rack_proto_rawDescData
 }
 
-var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_ferrite_rack_v1_rack_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferrite_rack_v1_rack_proto_goTypes = []any{
 	(*RegisterRequest)(nil),            // 0: ferrite.rack.v1.RegisterRequest
 	(*RegisterHello)(nil),              // 1: ferrite.rack.v1.RegisterHello
@@ -2237,7 +2448,10 @@ var file_ferrite_rack_v1_rack_proto_goTypes = []any{
 	(*PowerCommand)(nil),               // 28: ferrite.rack.v1.PowerCommand
 	(*ReportPowerResultRequest)(nil),   // 29: ferrite.rack.v1.ReportPowerResultRequest
 	(*ReportPowerResultResponse)(nil),  // 30: ferrite.rack.v1.ReportPowerResultResponse
-	nil,                                // 31: ferrite.rack.v1.PowerCommand.ParametersEntry
+	(*ReportCacheRequest)(nil),         // 31: ferrite.rack.v1.ReportCacheRequest
+	(*CacheFile)(nil),                  // 32: ferrite.rack.v1.CacheFile
+	(*ReportCacheResponse)(nil),        // 33: ferrite.rack.v1.ReportCacheResponse
+	nil,                                // 34: ferrite.rack.v1.PowerCommand.ParametersEntry
 }
 var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	1,  // 0: ferrite.rack.v1.RegisterRequest.hello:type_name -> ferrite.rack.v1.RegisterHello
@@ -2258,30 +2472,33 @@ var file_ferrite_rack_v1_rack_proto_depIdxs = []int32{
 	21, // 15: ferrite.rack.v1.SendEventsRequest.events:type_name -> ferrite.rack.v1.Event
 	24, // 16: ferrite.rack.v1.ReportLeasesRequest.leases:type_name -> ferrite.rack.v1.Lease
 	28, // 17: ferrite.rack.v1.WatchPowerCommandsResponse.command:type_name -> ferrite.rack.v1.PowerCommand
-	31, // 18: ferrite.rack.v1.PowerCommand.parameters:type_name -> ferrite.rack.v1.PowerCommand.ParametersEntry
-	0,  // 19: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
-	7,  // 20: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
-	9,  // 21: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
-	16, // 22: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
-	18, // 23: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
-	20, // 24: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
-	23, // 25: ferrite.rack.v1.RackService.ReportLeases:input_type -> ferrite.rack.v1.ReportLeasesRequest
-	26, // 26: ferrite.rack.v1.RackService.WatchPowerCommands:input_type -> ferrite.rack.v1.WatchPowerCommandsRequest
-	29, // 27: ferrite.rack.v1.RackService.ReportPowerResult:input_type -> ferrite.rack.v1.ReportPowerResultRequest
-	3,  // 28: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
-	8,  // 29: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
-	10, // 30: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
-	17, // 31: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
-	19, // 32: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
-	22, // 33: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
-	25, // 34: ferrite.rack.v1.RackService.ReportLeases:output_type -> ferrite.rack.v1.ReportLeasesResponse
-	27, // 35: ferrite.rack.v1.RackService.WatchPowerCommands:output_type -> ferrite.rack.v1.WatchPowerCommandsResponse
-	30, // 36: ferrite.rack.v1.RackService.ReportPowerResult:output_type -> ferrite.rack.v1.ReportPowerResultResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	34, // 18: ferrite.rack.v1.PowerCommand.parameters:type_name -> ferrite.rack.v1.PowerCommand.ParametersEntry
+	32, // 19: ferrite.rack.v1.ReportCacheRequest.files:type_name -> ferrite.rack.v1.CacheFile
+	0,  // 20: ferrite.rack.v1.RegistrationService.Register:input_type -> ferrite.rack.v1.RegisterRequest
+	7,  // 21: ferrite.rack.v1.RackService.Hello:input_type -> ferrite.rack.v1.HelloRequest
+	9,  // 22: ferrite.rack.v1.RackService.WatchConfig:input_type -> ferrite.rack.v1.WatchConfigRequest
+	16, // 23: ferrite.rack.v1.RackService.GetBootConfig:input_type -> ferrite.rack.v1.GetBootConfigRequest
+	18, // 24: ferrite.rack.v1.RackService.FetchFile:input_type -> ferrite.rack.v1.FetchFileRequest
+	20, // 25: ferrite.rack.v1.RackService.SendEvents:input_type -> ferrite.rack.v1.SendEventsRequest
+	23, // 26: ferrite.rack.v1.RackService.ReportLeases:input_type -> ferrite.rack.v1.ReportLeasesRequest
+	26, // 27: ferrite.rack.v1.RackService.WatchPowerCommands:input_type -> ferrite.rack.v1.WatchPowerCommandsRequest
+	29, // 28: ferrite.rack.v1.RackService.ReportPowerResult:input_type -> ferrite.rack.v1.ReportPowerResultRequest
+	31, // 29: ferrite.rack.v1.RackService.ReportCache:input_type -> ferrite.rack.v1.ReportCacheRequest
+	3,  // 30: ferrite.rack.v1.RegistrationService.Register:output_type -> ferrite.rack.v1.RegisterResponse
+	8,  // 31: ferrite.rack.v1.RackService.Hello:output_type -> ferrite.rack.v1.HelloResponse
+	10, // 32: ferrite.rack.v1.RackService.WatchConfig:output_type -> ferrite.rack.v1.WatchConfigResponse
+	17, // 33: ferrite.rack.v1.RackService.GetBootConfig:output_type -> ferrite.rack.v1.GetBootConfigResponse
+	19, // 34: ferrite.rack.v1.RackService.FetchFile:output_type -> ferrite.rack.v1.FetchFileResponse
+	22, // 35: ferrite.rack.v1.RackService.SendEvents:output_type -> ferrite.rack.v1.SendEventsResponse
+	25, // 36: ferrite.rack.v1.RackService.ReportLeases:output_type -> ferrite.rack.v1.ReportLeasesResponse
+	27, // 37: ferrite.rack.v1.RackService.WatchPowerCommands:output_type -> ferrite.rack.v1.WatchPowerCommandsResponse
+	30, // 38: ferrite.rack.v1.RackService.ReportPowerResult:output_type -> ferrite.rack.v1.ReportPowerResultResponse
+	33, // 39: ferrite.rack.v1.RackService.ReportCache:output_type -> ferrite.rack.v1.ReportCacheResponse
+	30, // [30:40] is the sub-list for method output_type
+	20, // [20:30] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_ferrite_rack_v1_rack_proto_init() }
@@ -2303,7 +2520,7 @@ func file_ferrite_rack_v1_rack_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferrite_rack_v1_rack_proto_rawDesc), len(file_ferrite_rack_v1_rack_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -162,6 +162,7 @@ const (
 	RackService_ReportLeases_FullMethodName       = "/ferrite.rack.v1.RackService/ReportLeases"
 	RackService_WatchPowerCommands_FullMethodName = "/ferrite.rack.v1.RackService/WatchPowerCommands"
 	RackService_ReportPowerResult_FullMethodName  = "/ferrite.rack.v1.RackService/ReportPowerResult"
+	RackService_ReportCache_FullMethodName        = "/ferrite.rack.v1.RackService/ReportCache"
 )
 
 // RackServiceClient is the client API for RackService service.
@@ -193,6 +194,13 @@ type RackServiceClient interface {
 	WatchPowerCommands(ctx context.Context, in *WatchPowerCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPowerCommandsResponse], error)
 	// ReportPowerResult answers one command.
 	ReportPowerResult(ctx context.Context, in *ReportPowerResultRequest, opts ...grpc.CallOption) (*ReportPowerResultResponse, error)
+	// ReportCache tells the region what the rack's boot resource cache holds
+	// now. Each report replaces the previous one entirely, so the rack sends
+	// its whole state: after every sync, when a download finishes or fails
+	// (rate-limited), now and then while downloads progress, and as a
+	// heartbeat. The region compares it with the files it wants the rack to
+	// hold (RackConfig.boot_files and bootloaders) for `ferrite racks show`.
+	ReportCache(ctx context.Context, in *ReportCacheRequest, opts ...grpc.CallOption) (*ReportCacheResponse, error)
 }
 
 type rackServiceClient struct {
@@ -310,6 +318,16 @@ func (c *rackServiceClient) ReportPowerResult(ctx context.Context, in *ReportPow
 	return out, nil
 }
 
+func (c *rackServiceClient) ReportCache(ctx context.Context, in *ReportCacheRequest, opts ...grpc.CallOption) (*ReportCacheResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportCacheResponse)
+	err := c.cc.Invoke(ctx, RackService_ReportCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RackServiceServer is the server API for RackService service.
 // All implementations must embed UnimplementedRackServiceServer
 // for forward compatibility.
@@ -339,6 +357,13 @@ type RackServiceServer interface {
 	WatchPowerCommands(*WatchPowerCommandsRequest, grpc.ServerStreamingServer[WatchPowerCommandsResponse]) error
 	// ReportPowerResult answers one command.
 	ReportPowerResult(context.Context, *ReportPowerResultRequest) (*ReportPowerResultResponse, error)
+	// ReportCache tells the region what the rack's boot resource cache holds
+	// now. Each report replaces the previous one entirely, so the rack sends
+	// its whole state: after every sync, when a download finishes or fails
+	// (rate-limited), now and then while downloads progress, and as a
+	// heartbeat. The region compares it with the files it wants the rack to
+	// hold (RackConfig.boot_files and bootloaders) for `ferrite racks show`.
+	ReportCache(context.Context, *ReportCacheRequest) (*ReportCacheResponse, error)
 	mustEmbedUnimplementedRackServiceServer()
 }
 
@@ -372,6 +397,9 @@ func (UnimplementedRackServiceServer) WatchPowerCommands(*WatchPowerCommandsRequ
 }
 func (UnimplementedRackServiceServer) ReportPowerResult(context.Context, *ReportPowerResultRequest) (*ReportPowerResultResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportPowerResult not implemented")
+}
+func (UnimplementedRackServiceServer) ReportCache(context.Context, *ReportCacheRequest) (*ReportCacheResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportCache not implemented")
 }
 func (UnimplementedRackServiceServer) mustEmbedUnimplementedRackServiceServer() {}
 func (UnimplementedRackServiceServer) testEmbeddedByValue()                     {}
@@ -517,6 +545,24 @@ func _RackService_ReportPowerResult_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RackService_ReportCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RackServiceServer).ReportCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RackService_ReportCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RackServiceServer).ReportCache(ctx, req.(*ReportCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RackService_ServiceDesc is the grpc.ServiceDesc for RackService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -543,6 +589,10 @@ var RackService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportPowerResult",
 			Handler:    _RackService_ReportPowerResult_Handler,
+		},
+		{
+			MethodName: "ReportCache",
+			Handler:    _RackService_ReportCache_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,520 @@
+package regiond
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ferrite-metal/ferrite/pkg/simplestreams"
+	"github.com/ferrite-metal/ferrite/regiond/internal/store"
+)
+
+// Importer timings and limits; tests shorten them through importer fields.
+const (
+	importPollInterval = time.Second      // how often the lock holder looks for queued imports
+	blobGCInterval     = time.Hour        // unreferenced blobs are collected this often (and after each import)
+	blobGCGrace        = 6 * time.Hour    // ... once no writer touched them for this long
+	importRetries      = 4                // transient source failures per file before the import fails
+	importRetryWait    = 2 * time.Second  // first wait between retries, doubled each time
+	importStallTimeout = 60 * time.Second // a source that sends nothing for this long has failed
+	progressEvery      = 500 * time.Millisecond
+	streamsTimeout     = 10 * time.Minute // bounds reading the index and products files
+)
+
+// Boot resource file names of imported files, as uploads name them.
+const (
+	fileKernel = "boot-kernel"
+	fileInitrd = "boot-initrd"
+)
+
+// importer runs the image imports (ferrite images import) queued in the
+// database, one at a time, on the region that holds the "import" lock.
+type importer struct {
+	st     *store.Store
+	log    *zap.Logger
+	region string
+	client *http.Client // for http(s) sources
+
+	poll, gcEvery, grace, retryWait, stall time.Duration
+	retries                                int
+}
+
+func newImporter(st *store.Store, region string, log *zap.Logger) *importer {
+	return &importer{
+		st: st, log: log, region: region, client: sourceHTTPClient(),
+		poll: importPollInterval, gcEvery: blobGCInterval, grace: blobGCGrace,
+		retryWait: importRetryWait, stall: importStallTimeout, retries: importRetries,
+	}
+}
+
+// sourceHTTPClient bounds everything but the length of a download: an
+// unreachable mirror is an error within seconds, not a hang.
+func sourceHTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   2,
+	}}
+}
+
+// importLoop runs the importer under store.Singleton "import" until ctx
+// ends: whichever region holds the lock runs the queued imports and resumes
+// one a dead or restarted region left running. It returns nil when ctx ends.
+func importLoop(ctx context.Context, im *importer) error {
+	for {
+		err := im.st.Singleton(ctx, "import", func(ctx context.Context) error {
+			im.log.Info("running image imports on this region")
+			return im.serve(ctx)
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		im.log.Warn("image importer stopped; retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(im.poll):
+		}
+	}
+}
+
+// serve runs imports as they are queued, and collects unreferenced blobs
+// after each and every gcEvery, until ctx ends.
+func (im *importer) serve(ctx context.Context) error {
+	lastGC := time.Time{}
+	for {
+		ran, err := im.runNext(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if ran || time.Since(lastGC) >= im.gcEvery {
+			im.collect(ctx)
+			lastGC = time.Now()
+		}
+		if ran {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(im.poll):
+		}
+	}
+}
+
+// runNext claims and runs the next import; it reports whether there was
+// one. Its error is a database failure (the import's own failure is
+// recorded on it).
+func (im *importer) runNext(ctx context.Context) (bool, error) {
+	imp, err := im.st.ClaimImport(ctx, im.region)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	log := im.log.With(zap.Int64("import", imp.ID), zap.String("source", imp.Source))
+	if imp.Attempts > 1 {
+		log.Info("resuming image import", zap.Int("attempt", imp.Attempts))
+	} else {
+		log.Info("image import started")
+	}
+	start := time.Now()
+	resources, skipped, err := im.run(ctx, imp, log)
+	if ctx.Err() != nil {
+		log.Info("image import interrupted; the region holding the import lock next resumes it")
+		return true, nil
+	}
+	if err != nil {
+		msg := err.Error()
+		n, ferr := im.st.FailImport(context.WithoutCancel(ctx), imp.ID, msg, skipped)
+		log.Warn("image import failed", zap.String("error", msg), zap.Int("blobs_removed", n))
+		return true, ferr
+	}
+	for _, s := range skipped {
+		log.Info("not imported", zap.String("what", s))
+	}
+	log.Info("image import done", zap.Int("resources", len(resources)), zap.Duration("took", time.Since(start)))
+	return true, nil
+}
+
+// collect deletes unreferenced blobs and logs what it freed.
+func (im *importer) collect(ctx context.Context) {
+	freed, err := im.st.CollectBlobs(ctx, im.grace)
+	if err != nil && ctx.Err() == nil {
+		im.log.Warn("collect unreferenced blobs", zap.Error(err))
+	}
+	var bytes int64
+	for _, b := range freed {
+		bytes += b.Size
+		im.log.Info("collected unreferenced blob", zap.String("sha256", b.SHA256), zap.Int64("id", b.ID),
+			zap.Int64("size", b.Size), zap.Bool("complete", b.Complete))
+	}
+	if len(freed) > 0 {
+		im.log.Info("collected unreferenced blobs", zap.Int("count", len(freed)), zap.Int64("bytes", bytes))
+	}
+}
+
+// openSource opens an http(s) URL or a directory on this host.
+func (im *importer) openSource(source string) (simplestreams.Source, func(), error) {
+	if strings.HasPrefix(source, "http://") || strings.HasPrefix(source, "https://") {
+		src, err := simplestreams.NewHTTPSource(im.client, source)
+		return src, func() {}, err
+	}
+	if !filepath.IsAbs(source) {
+		return nil, nil, fmt.Errorf("source %q: want an http(s) URL or an absolute directory on the region's host", source)
+	}
+	src, err := simplestreams.OpenDir(source)
+	if err != nil {
+		return nil, nil, fmt.Errorf("source %s (a directory on region %s): %w", source, im.region, err)
+	}
+	return src, func() { src.Close() }, nil
+}
+
+// run imports imp: reads the source's streams, fetches what is not stored
+// yet (resuming partial blobs), then saves every resource in one
+// transaction with the import marked done.
+func (im *importer) run(ctx context.Context, imp store.Import, log *zap.Logger) ([]store.BootResource, []string, error) {
+	src, closeSrc, err := im.openSource(imp.Source)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer closeSrc()
+	f := simplestreams.Filter{OS: imp.Filter.OS, Release: imp.Filter.Release, Arch: imp.Filter.Arch, Subarch: imp.Filter.Subarch}
+	lctx, cancel := context.WithTimeout(ctx, streamsTimeout)
+	items, err := simplestreams.Load(lctx, src, f)
+	cancel()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read simplestreams from %s: %w", imp.Source, err)
+	}
+	plan, skipped, err := planImport(items)
+	if err != nil {
+		return nil, skipped, err
+	}
+	if len(plan) == 0 {
+		return nil, skipped, fmt.Errorf("%s offers no image matching %s", imp.Source, describeFilter(imp.Filter))
+	}
+
+	// Each distinct file once, in plan order.
+	var files []simplestreams.Item
+	seen := map[string]bool{}
+	var total int64
+	for _, r := range plan {
+		for _, pf := range r.files {
+			if !seen[pf.item.SHA256] {
+				seen[pf.item.SHA256] = true
+				files = append(files, pf.item)
+				total += pf.item.Size
+			}
+		}
+	}
+	prog := &progress{st: im.st, id: imp.ID, p: store.ImportProgress{BytesTotal: total, FilesTotal: len(files)}}
+	prog.flush(ctx)
+	for _, it := range files {
+		prog.set(func(p *store.ImportProgress) { p.Current = it.String() })
+		prog.flush(ctx)
+		if err := im.fetch(ctx, src, imp.ID, it, prog, log); err != nil {
+			return nil, skipped, err
+		}
+		prog.set(func(p *store.ImportProgress) { p.FilesDone++; p.BytesDone = prog.base + it.Size })
+		prog.base += it.Size
+		prog.flush(ctx)
+	}
+
+	resources := make([]store.BootResource, 0, len(plan))
+	for _, r := range plan {
+		br := r.resource
+		for _, pf := range r.files {
+			br.Files = append(br.Files, store.BootFile{Filename: pf.filename, SHA256: pf.item.SHA256, Size: pf.item.Size})
+		}
+		resources = append(resources, br)
+	}
+	saved, err := im.st.FinishImport(ctx, imp.ID, resources, skipped)
+	if err != nil {
+		return nil, skipped, err
+	}
+	for _, br := range saved {
+		log.Info("imported image", zap.String("name", br.Name), zap.String("arch", br.Arch), zap.String("kind", br.Kind))
+	}
+	return saved, skipped, nil
+}
+
+// permanent reports whether err says the content itself is wrong, so that
+// fetching again cannot help.
+func permanent(err error) bool {
+	return errors.Is(err, simplestreams.ErrSizeMismatch) || errors.Is(err, store.ErrBlobTooLong) ||
+		errors.Is(err, store.ErrBlobChecksum) || errors.Is(err, store.ErrBlobTooShort)
+}
+
+// fetch stores one item as a blob, unless it is stored already; a partial
+// blob from an earlier attempt (this run or a region that died) continues
+// from its last commit. Transient source failures are retried from the
+// committed offset; a size or sha256 mismatch deletes the partial blob.
+func (im *importer) fetch(ctx context.Context, src simplestreams.Source, importID int64, it simplestreams.Item, prog *progress, log *zap.Logger) error {
+	stored, err := im.st.TouchBlob(ctx, it.SHA256)
+	if err != nil {
+		return err
+	}
+	if stored {
+		log.Info("already stored", zap.String("item", it.String()), zap.String("sha256", it.SHA256))
+		return nil
+	}
+	wait := im.retryWait
+	for attempt := 0; ; attempt++ {
+		w, err := im.st.ResumeBlob(ctx, it.SHA256, it.Size, importID)
+		if err != nil {
+			return fmt.Errorf("%s: %w", it, err)
+		}
+		off := w.Committed()
+		if off > 0 {
+			log.Info("resuming download", zap.String("item", it.String()), zap.Int64("offset", off), zap.Int64("size", it.Size))
+		}
+		err = im.copyItem(ctx, src, it, w, prog)
+		if err == nil {
+			log.Info("stored", zap.String("item", it.String()), zap.String("sha256", it.SHA256), zap.Int64("size", it.Size))
+			return nil
+		}
+		if ctx.Err() != nil {
+			_ = w.Sync()
+			return ctx.Err()
+		}
+		if permanent(err) {
+			_ = w.Abort()
+			return fmt.Errorf("%s: %w", it, err)
+		}
+		if serr := w.Sync(); serr != nil {
+			log.Warn("keep partial download", zap.String("item", it.String()), zap.Error(serr))
+		}
+		if attempt >= im.retries {
+			_ = w.Abort()
+			return fmt.Errorf("%s: giving up after %d attempts: %w", it, attempt+1, err)
+		}
+		log.Warn("download failed; retrying from the last commit", zap.String("item", it.String()),
+			zap.Int64("committed", w.Committed()), zap.Duration("in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// copyItem copies the item from the writer's committed offset into it and
+// finishes the blob. A source silent for im.stall fails the attempt.
+func (im *importer) copyItem(ctx context.Context, src simplestreams.Source, it simplestreams.Item, w *store.BlobWriter, prog *progress) error {
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("the source sent nothing for %s", im.stall)
+	timer := time.AfterFunc(im.stall, func() { cancel(stalled) })
+	defer timer.Stop()
+
+	rc, err := simplestreams.OpenItemAt(fctx, src, it, w.Committed())
+	if err != nil {
+		if c := context.Cause(fctx); c == stalled {
+			err = fmt.Errorf("%w: %w", err, c)
+		}
+		return err
+	}
+	defer rc.Close()
+	buf := make([]byte, 256<<10)
+	for {
+		// Only the wait for the source counts, not the database's time.
+		timer.Reset(im.stall)
+		n, rerr := rc.Read(buf)
+		timer.Stop()
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			prog.set(func(p *store.ImportProgress) { p.BytesDone = prog.base + w.Offset() })
+			prog.maybeFlush(ctx)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if c := context.Cause(fctx); c == stalled {
+				rerr = fmt.Errorf("%s: %w", it, c)
+			}
+			return rerr
+		}
+	}
+	return w.Finish()
+}
+
+// progress throttles progress updates to the database.
+type progress struct {
+	st   *store.Store
+	id   int64
+	base int64 // bytes of the files already done
+
+	mu   sync.Mutex
+	p    store.ImportProgress
+	last time.Time
+}
+
+func (p *progress) set(fn func(*store.ImportProgress)) {
+	p.mu.Lock()
+	fn(&p.p)
+	p.mu.Unlock()
+}
+
+func (p *progress) maybeFlush(ctx context.Context) {
+	if time.Since(p.last) >= progressEvery {
+		p.flush(ctx)
+	}
+}
+
+func (p *progress) flush(ctx context.Context) {
+	p.mu.Lock()
+	cur := p.p
+	p.mu.Unlock()
+	p.last = time.Now()
+	_ = p.st.UpdateImportProgress(ctx, p.id, cur) // progress only: the next update repairs a failed one
+}
+
+func describeFilter(f store.ImportFilter) string {
+	var parts []string
+	for _, kv := range [][2]string{{"os", f.OS}, {"release", f.Release}, {"arch", f.Arch}, {"subarch", f.Subarch}} {
+		if kv[1] != "" {
+			parts = append(parts, kv[0]+"="+kv[1])
+		}
+	}
+	if len(parts) == 0 {
+		return "(no filter)"
+	}
+	return strings.Join(parts, " ")
+}
+
+// plannedResource is a boot resource an import saves, and the items that
+// become its files.
+type plannedResource struct {
+	resource store.BootResource // Name, Arch, Kind
+	files    []plannedFile
+}
+
+type plannedFile struct {
+	filename string
+	item     simplestreams.Item
+}
+
+var segmentRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// Kind of a deployable raw disk image (as uploads of --kind root-dd).
+const (
+	kindRootDD = store.KindRootDD
+	fileRootDD = store.FileRootDD
+)
+
+// planImport maps the selected items (latest version of each product) to
+// boot resources:
+//
+//   - an image product version becomes the resource "<os>/<release>" with
+//     arch "<arch>/<subarch>" ("generic" when the product names none);
+//     boot-kernel, boot-initrd, boot-dtb and squashfs items become files of
+//     those names, and the resource has kind kernel-initrd (it needs a
+//     kernel and an initrd);
+//   - a version whose only image is a raw disk (ftype root-dd or
+//     root-dd.raw) becomes a resource of kind root-dd with the file root-dd;
+//   - manifests, other root image forms (tarballs, compressed disks) and
+//     bootloader products are not imported: each is listed in skipped.
+//
+// Names and arches must be lowercase path segments like those uploads
+// take; anything else is an error naming the product.
+func planImport(items []simplestreams.Item) ([]plannedResource, []string, error) {
+	type key struct{ content, product, version string }
+	var order []key
+	groups := map[key][]simplestreams.Item{}
+	var skipped []string
+	for _, it := range items {
+		if it.BootloaderType() != "" || it.FType == simplestreams.FTypeArchiveTarXz || it.FType == simplestreams.FTypeBootloaderTarball {
+			skipped = append(skipped, fmt.Sprintf("%s: bootloaders from simplestreams are not imported (use ferrite images import-bootloaders)", it))
+			continue
+		}
+		k := key{it.ContentID, it.ProductID, it.Version}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], it)
+	}
+	var plan []plannedResource
+	byName := map[string]string{} // "name arch" → product, to refuse two products mapping to one resource
+	for _, k := range order {
+		its := groups[k]
+		first := its[0]
+		what := fmt.Sprintf("product %q version %q", k.product, k.version)
+		osName, release, arch, subarch := first.OS(), first.Release(), first.Arch(), first.Subarch()
+		if subarch == "" {
+			subarch = "generic"
+		}
+		for _, f := range [][2]string{{"os", osName}, {"release", release}, {"arch", arch}, {"subarch", subarch}} {
+			if !segmentRE.MatchString(f[1]) {
+				return nil, skipped, fmt.Errorf("%s: field %q is %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", what, f[0], f[1])
+			}
+		}
+		r := plannedResource{resource: store.BootResource{Name: osName + "/" + release, Arch: arch + "/" + subarch, Kind: store.DefaultKind}}
+		names := map[string]string{}
+		var rootDD *simplestreams.Item
+		for _, it := range its {
+			var filename string
+			switch it.FType {
+			case simplestreams.FTypeBootKernel, simplestreams.FTypeBootInitrd, simplestreams.FTypeBootDTB, simplestreams.FTypeSquashFS:
+				filename = it.FType
+			case simplestreams.FTypeRootDD, simplestreams.FTypeRootDDRaw:
+				it := it
+				rootDD = &it
+				continue
+			case simplestreams.FTypeManifest:
+				skipped = append(skipped, fmt.Sprintf("%s: a manifest (package list), not needed to boot", it))
+				continue
+			default:
+				skipped = append(skipped, fmt.Sprintf("%s: ftype %s is not imported yet (only boot-kernel, boot-initrd, boot-dtb, squashfs and raw root-dd)", it, it.FType))
+				continue
+			}
+			if prev, dup := names[filename]; dup {
+				return nil, skipped, fmt.Errorf("%s: items %q and %q are both a %s", what, prev, it.Name, filename)
+			}
+			names[filename] = it.Name
+			r.files = append(r.files, plannedFile{filename: filename, item: it})
+		}
+		switch {
+		case len(r.files) == 0 && rootDD != nil:
+			r.resource.Kind = kindRootDD
+			r.files = []plannedFile{{filename: fileRootDD, item: *rootDD}}
+		case names[fileKernel] == "" || names[fileInitrd] == "":
+			if rootDD != nil {
+				skipped = append(skipped, fmt.Sprintf("%s: a root-dd beside other files is not imported", *rootDD))
+			}
+			if len(r.files) > 0 {
+				skipped = append(skipped, fmt.Sprintf("%s: no boot-kernel and boot-initrd, so nothing of it is imported", what))
+			}
+			continue
+		case rootDD != nil:
+			skipped = append(skipped, fmt.Sprintf("%s: a root-dd beside a kernel and initrd is not imported", *rootDD))
+		}
+		id := r.resource.Name + " " + r.resource.Arch
+		if prev, dup := byName[id]; dup {
+			return nil, skipped, fmt.Errorf("%s and %s both become image %s", prev, what, id)
+		}
+		byName[id] = what
+		plan = append(plan, r)
+	}
+	return plan, skipped, nil
+}
