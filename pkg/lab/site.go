@@ -147,6 +147,9 @@ func (s *Site) ImportBootloaders(ctx context.Context) error {
 // enlist: the boot loaders, the ephemeral image as commissioning image, a
 // serial console on every kernel command line, and the server subnet served
 // by the rack, offering every boot method but those in disabledBootMethods.
+// The ephemeral image travels as an air-gapped site's would: written as a
+// simplestreams mirror (ferrite images mirror) and imported from that
+// directory by the region (ferrite images import).
 func (s *Site) PrepareEnlistment(ctx context.Context, ephemeralDir string, disabledBootMethods ...string) error {
 	if err := s.ImportBootloaders(ctx); err != nil {
 		return err
@@ -156,10 +159,11 @@ func (s *Site) PrepareEnlistment(ctx context.Context, ephemeralDir string, disab
 	base := prefix.Addr().As4()
 	lo, hi := base, base
 	lo[3], hi[3] = 100, 200
+	mirror := filepath.Join(s.Lab.Dir, "mirror")
 	steps := [][]string{
-		{"images", "upload", "--name", "custom/ephemeral", "--arch", "amd64/generic",
-			"--kernel", filepath.Join(ephemeralDir, "boot-kernel"), "--initrd", filepath.Join(ephemeralDir, "boot-initrd")},
-		{"config", "set", "commissioning_image", "custom/ephemeral"},
+		{"images", "mirror", "--no-region", "--ephemeral", ephemeralDir, "--to", mirror},
+		{"images", "import", "--source", mirror},
+		{"config", "set", "commissioning_image", "ferrite/ephemeral"},
 		{"config", "set", "kernel_opts", "console=ttyS0,115200 panic=-1"},
 		{"subnets", "create", "--cidr", prefix.String(), "--gateway", server.Addr().String(),
 			"--dns", server.Addr().String(),
