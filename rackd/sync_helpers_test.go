@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,63 +18,25 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/ferrite-metal/ferrite/pkg/testutil/pgtest"
 	"github.com/ferrite-metal/ferrite/rackd"
-	"github.com/ferrite-metal/ferrite/regiond"
 	"github.com/ferrite-metal/ferrite/regiond/apiclient"
+	"github.com/ferrite-metal/ferrite/regiond/regiontest"
 )
 
-// syncRegion is a real region served in-process (as regiontest does), with
-// its database URL at hand so a test can damage a blob.
+// syncRegion is a real in-process region with an API client.
 type syncRegion struct {
-	HTTPURL, Token, SecretHex, DBURL string
-	API                              *apiclient.Client
+	*regiontest.Region
+	API *apiclient.Client
 }
 
 func startSyncRegion(t *testing.T) *syncRegion {
 	t.Helper()
-	cfg := regiond.DefaultConfig()
-	cfg.StateDir = t.TempDir()
-	cfg.DatabaseURL = pgtest.New(t)
-	cfg.Name = "sync-region"
-	log := zaptest.NewLogger(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := regiond.Init(ctx, cfg, log); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	r := regiontest.Start(t)
+	api, err := apiclient.New(r.HTTPURL, r.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
-	grpcLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- regiond.Serve(ctx, cfg, log, httpLn, grpcLn) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("region Serve: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("region did not stop")
-		}
-	})
-	r := &syncRegion{
-		HTTPURL:   "http://" + httpLn.Addr().String(),
-		Token:     readFileTrimmed(t, filepath.Join(cfg.StateDir, regiond.AdminTokenFile)),
-		SecretHex: readFileTrimmed(t, filepath.Join(cfg.StateDir, regiond.SecretFile)),
-		DBURL:     cfg.DatabaseURL,
-	}
-	r.API, err = apiclient.New(r.HTTPURL, r.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return &syncRegion{Region: r, API: api}
 }
 
 func readFileTrimmed(t testing.TB, path string) string {
@@ -90,7 +51,7 @@ func readFileTrimmed(t testing.TB, path string) string {
 // sql runs one statement on the region's database.
 func (r *syncRegion) sql(t *testing.T, query string, args ...any) {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), r.DBURL)
+	conn, err := pgx.Connect(context.Background(), r.DatabaseURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,8 +32,10 @@ type Region struct {
 	GRPCAddr  string // 127.0.0.1:PORT
 	Token     string // admin API token
 	SecretHex string // rack shared secret as `regiond init` writes it
-	CA        *x509.CertPool
-	Store     *store.Store // the region's database, for assertions
+	// DatabaseURL is the region's database, for tests that damage it on purpose.
+	DatabaseURL string
+	CA          *x509.CertPool
+	Store       *store.Store // the region's database, for assertions
 
 	stop func() error
 }
@@ -62,9 +64,10 @@ func Start(t testing.TB) *Region {
 	done := make(chan error, 1)
 	go func() { done <- regiond.Serve(ctx, cfg, log, httpLn, grpcLn) }()
 	r := &Region{
-		StateDir: cfg.StateDir,
-		HTTPURL:  "http://" + httpLn.Addr().String(),
-		GRPCAddr: grpcLn.Addr().String(),
+		StateDir:    cfg.StateDir,
+		HTTPURL:     "http://" + httpLn.Addr().String(),
+		GRPCAddr:    grpcLn.Addr().String(),
+		DatabaseURL: cfg.DatabaseURL,
 	}
 	var stopped bool
 	var stopErr error
