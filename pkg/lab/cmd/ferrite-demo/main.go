@@ -62,7 +62,7 @@ func run(ctx context.Context, bin, ephemeral string, keep bool) (err error) {
 	if err != nil {
 		return err
 	}
-	say("uploading the ephemeral image and a subnet for rack1")
+	say("importing the ephemeral image (as a simplestreams mirror) and a subnet for rack1")
 	if err := site.PrepareEnlistment(ctx, ephemeral); err != nil {
 		return err
 	}
