@@ -2,6 +2,8 @@ package regiond
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -196,19 +199,23 @@ func (im *importer) run(ctx context.Context, imp store.Import, log *zap.Logger) 
 		return nil, nil, err
 	}
 	defer closeSrc()
-	f := simplestreams.Filter{OS: imp.Filter.OS, Release: imp.Filter.Release, Arch: imp.Filter.Arch, Subarch: imp.Filter.Subarch}
 	lctx, cancel := context.WithTimeout(ctx, streamsTimeout)
-	items, err := simplestreams.Load(lctx, src, f)
+	all, err := simplestreams.LoadAll(lctx, src)
 	cancel()
 	if err != nil {
 		return nil, nil, fmt.Errorf("read simplestreams from %s: %w", imp.Source, err)
 	}
-	plan, skipped, err := planImport(items)
+	images, loaders := selectItems(all, imp.Filter)
+	plan, skipped, err := planImport(images, loaders, imp.Filter.Bootloaders)
 	if err != nil {
 		return nil, skipped, err
 	}
 	if len(plan) == 0 {
-		return nil, skipped, fmt.Errorf("%s offers no image matching %s", imp.Source, describeFilter(imp.Filter))
+		what := "image"
+		if imp.Filter.Bootloaders {
+			what = "image or boot loader"
+		}
+		return nil, skipped, fmt.Errorf("%s offers no %s matching %s", imp.Source, what, describeFilter(imp.Filter))
 	}
 
 	// Each distinct file once, in plan order.
@@ -216,11 +223,15 @@ func (im *importer) run(ctx context.Context, imp store.Import, log *zap.Logger) 
 	seen := map[string]bool{}
 	var total int64
 	for _, r := range plan {
+		items := slices.Clone(r.archives)
 		for _, pf := range r.files {
-			if !seen[pf.item.SHA256] {
-				seen[pf.item.SHA256] = true
-				files = append(files, pf.item)
-				total += pf.item.Size
+			items = append(items, pf.item)
+		}
+		for _, it := range items {
+			if !seen[it.SHA256] {
+				seen[it.SHA256] = true
+				files = append(files, it)
+				total += it.Size
 			}
 		}
 	}
@@ -242,6 +253,13 @@ func (im *importer) run(ctx context.Context, imp store.Import, log *zap.Logger) 
 		br := r.resource
 		for _, pf := range r.files {
 			br.Files = append(br.Files, store.BootFile{Filename: pf.filename, SHA256: pf.item.SHA256, Size: pf.item.Size})
+		}
+		if len(r.archives) > 0 {
+			members, err := im.unpack(ctx, imp.ID, r.archives, prog, log)
+			if err != nil {
+				return nil, skipped, err
+			}
+			br.Files = append(br.Files, members...)
 		}
 		resources = append(resources, br)
 	}
@@ -397,6 +415,9 @@ func describeFilter(f store.ImportFilter) string {
 			parts = append(parts, kv[0]+"="+kv[1])
 		}
 	}
+	if f.Bootloaders {
+		parts = append(parts, "bootloaders")
+	}
 	if len(parts) == 0 {
 		return "(no filter)"
 	}
@@ -404,10 +425,12 @@ func describeFilter(f store.ImportFilter) string {
 }
 
 // plannedResource is a boot resource an import saves, and the items that
-// become its files.
+// become its files: each item one file, or for a boot loader, every member
+// of its archives.
 type plannedResource struct {
 	resource store.BootResource // Name, Arch, Kind
 	files    []plannedFile
+	archives []simplestreams.Item // bootloader archives (ftype archive.tar.xz)
 }
 
 type plannedFile struct {
@@ -423,6 +446,44 @@ const (
 	fileRootDD = store.FileRootDD
 )
 
+// isBootloader reports whether the item belongs to a bootloader product.
+func isBootloader(it simplestreams.Item) bool {
+	return it.BootloaderType() != "" || it.FType == simplestreams.FTypeArchiveTarXz || it.FType == simplestreams.FTypeBootloaderTarball
+}
+
+// selectItems splits the source's items into the images f selects (latest
+// matching version of each product) and the bootloader items: with
+// f.Bootloaders, those of the latest version of each bootloader product
+// whose arch or arches include f.Arch (the other filter fields name
+// images: a boot loader's os is e.g. grub-efi-signed); without it, those
+// f matches like images, only to be listed as skipped.
+func selectItems(all []simplestreams.Item, f store.ImportFilter) (images, loaders []simplestreams.Item) {
+	var imgs, bls []simplestreams.Item
+	for _, it := range all {
+		if isBootloader(it) {
+			bls = append(bls, it)
+		} else {
+			imgs = append(imgs, it)
+		}
+	}
+	sf := simplestreams.Filter{OS: f.OS, Release: f.Release, Arch: f.Arch, Subarch: f.Subarch}
+	images = simplestreams.Select(imgs, sf)
+	if !f.Bootloaders {
+		return images, simplestreams.Select(bls, sf)
+	}
+	var forArch []simplestreams.Item
+	for _, it := range bls {
+		if f.Arch == "" || it.Arch() == f.Arch || slices.Contains(it.Arches(), f.Arch) {
+			forArch = append(forArch, it)
+		}
+	}
+	return images, simplestreams.Select(forArch, simplestreams.Filter{})
+}
+
+// bootloaderPrefix starts the name of every boot loader image an import
+// saves: bootloader/<os>, as ferrite images import-bootloaders names its own.
+const bootloaderPrefix = "bootloader/"
+
 // planImport maps the selected items (latest version of each product) to
 // boot resources:
 //
@@ -433,21 +494,22 @@ const (
 //     kernel and an initrd);
 //   - a version whose only image is a raw disk (ftype root-dd or
 //     root-dd.raw) becomes a resource of kind root-dd with the file root-dd;
-//   - manifests, other root image forms (tarballs, compressed disks) and
-//     bootloader products are not imported: each is listed in skipped.
+//   - manifests and other root image forms (tarballs, compressed disks)
+//     are not imported: each is listed in skipped;
+//   - with withLoaders, a bootloader product version becomes the resource
+//     "bootloader/<os>" with arch "<arch>/<subarch>" ("generic" when the
+//     product names none) and kind bootloader, whose files are the members
+//     of its archive.tar.xz items (unpacked once they are fetched);
+//     without, each bootloader item is listed in skipped.
 //
 // Names and arches must be lowercase path segments like those uploads
 // take; anything else is an error naming the product.
-func planImport(items []simplestreams.Item) ([]plannedResource, []string, error) {
+func planImport(items, loaders []simplestreams.Item, withLoaders bool) ([]plannedResource, []string, error) {
 	type key struct{ content, product, version string }
 	var order []key
 	groups := map[key][]simplestreams.Item{}
 	var skipped []string
 	for _, it := range items {
-		if it.BootloaderType() != "" || it.FType == simplestreams.FTypeArchiveTarXz || it.FType == simplestreams.FTypeBootloaderTarball {
-			skipped = append(skipped, fmt.Sprintf("%s: bootloaders from simplestreams are not imported (use ferrite images import-bootloaders)", it))
-			continue
-		}
 		k := key{it.ContentID, it.ProductID, it.Version}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
@@ -516,5 +578,152 @@ func planImport(items []simplestreams.Item) ([]plannedResource, []string, error)
 		byName[id] = what
 		plan = append(plan, r)
 	}
+
+	order, groups = nil, map[key][]simplestreams.Item{}
+	for _, it := range loaders {
+		if !withLoaders {
+			skipped = append(skipped, fmt.Sprintf("%s: a boot loader, imported only with --bootloaders (it would shadow the loaders of ferrite images import-bootloaders)", it))
+			continue
+		}
+		k := key{it.ContentID, it.ProductID, it.Version}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], it)
+	}
+	for _, k := range order {
+		its := groups[k]
+		first := its[0]
+		what := fmt.Sprintf("product %q version %q", k.product, k.version)
+		osName, arch, subarch := first.OS(), first.Arch(), first.Subarch()
+		if subarch == "" {
+			subarch = "generic"
+		}
+		for _, f := range [][2]string{{"os", osName}, {"arch", arch}, {"subarch", subarch}} {
+			if !segmentRE.MatchString(f[1]) {
+				return nil, skipped, fmt.Errorf("%s: field %q is %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", what, f[0], f[1])
+			}
+		}
+		r := plannedResource{resource: store.BootResource{Name: bootloaderPrefix + osName, Arch: arch + "/" + subarch, Kind: store.KindBootloader}}
+		for _, it := range its {
+			if it.FType != simplestreams.FTypeArchiveTarXz {
+				skipped = append(skipped, fmt.Sprintf("%s: ftype %s of a boot loader is not imported (only archive.tar.xz)", it, it.FType))
+				continue
+			}
+			r.archives = append(r.archives, it)
+		}
+		if len(r.archives) == 0 {
+			continue
+		}
+		id := r.resource.Name + " " + r.resource.Arch
+		if prev, dup := byName[id]; dup {
+			return nil, skipped, fmt.Errorf("%s and %s both become image %s", prev, what, id)
+		}
+		byName[id] = what
+		plan = append(plan, r)
+	}
 	return plan, skipped, nil
+}
+
+// unpack reads the fetched bootloader archives of one resource and stores
+// each member as a blob (written by this import, so that a failed import
+// removes it), returning the members as the resource's files. A first pass
+// checks every archive (ReadArchive's limits and an xz stream sound to its
+// end) and hashes the members, so that nothing is stored from an archive
+// that turns out bad; a second stores the members not stored yet, resuming
+// a partial one. Errors name the product, version and item.
+func (im *importer) unpack(ctx context.Context, importID int64, archives []simplestreams.Item, prog *progress, log *zap.Logger) ([]store.BootFile, error) {
+	var files []store.BootFile
+	from := map[string]string{} // member name → archive item name
+	byArchive := map[string][]store.BootFile{}
+	for _, a := range archives {
+		prog.set(func(p *store.ImportProgress) { p.Current = "unpacking " + a.String() })
+		prog.flush(ctx)
+		err := im.readArchive(ctx, a, func(name string, size int64, content io.Reader) error {
+			if prev, dup := from[name]; dup {
+				return fmt.Errorf("%w: member %q is in item %q too", simplestreams.ErrBadArchive, name, prev)
+			}
+			h := sha256.New()
+			n, err := io.Copy(h, content)
+			if err != nil {
+				return fmt.Errorf("%w: member %q: %w", simplestreams.ErrBadArchive, name, err)
+			}
+			f := store.BootFile{Filename: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
+			from[name] = a.Name
+			files = append(files, f)
+			byArchive[a.Name] = append(byArchive[a.Name], f)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", a, err)
+		}
+	}
+	for _, a := range archives {
+		need := map[string]store.BootFile{}
+		for _, f := range byArchive[a.Name] {
+			stored, err := im.st.TouchBlob(ctx, f.SHA256)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", a, err)
+			}
+			if !stored {
+				need[f.Filename] = f
+			}
+		}
+		if len(need) > 0 {
+			done := map[string]bool{} // sha256s stored by this pass
+			err := im.readArchive(ctx, a, func(name string, _ int64, content io.Reader) error {
+				f, ok := need[name]
+				if !ok || done[f.SHA256] {
+					return nil
+				}
+				if err := im.storeMember(ctx, importID, f, content); err != nil {
+					return fmt.Errorf("member %q: %w", name, err)
+				}
+				done[f.SHA256] = true
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", a, err)
+			}
+		}
+		log.Info("unpacked boot loader archive", zap.String("item", a.String()),
+			zap.Int("members", len(byArchive[a.Name])), zap.Int("stored", len(need)))
+	}
+	return files, nil
+}
+
+// readArchive runs simplestreams.ReadArchive over the stored blob of the
+// archive item a.
+func (im *importer) readArchive(ctx context.Context, a simplestreams.Item, each func(string, int64, io.Reader) error) error {
+	rc, _, err := im.st.OpenBlob(ctx, a.SHA256, 0)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return simplestreams.ReadArchive(rc, each)
+}
+
+// storeMember writes one archive member as the blob f (its sha256 and size
+// known from the first pass), continuing a partial blob an interrupted
+// attempt left.
+func (im *importer) storeMember(ctx context.Context, importID int64, f store.BootFile, content io.Reader) error {
+	w, err := im.st.ResumeBlob(ctx, f.SHA256, f.Size, importID)
+	if err != nil {
+		return err
+	}
+	if off := w.Committed(); off > 0 {
+		if _, err := io.CopyN(io.Discard, content, off); err != nil {
+			_ = w.Sync()
+			return err
+		}
+	}
+	if _, err := io.Copy(w, content); err != nil {
+		if ctx.Err() != nil {
+			_ = w.Sync()
+		} else {
+			_ = w.Abort()
+		}
+		return err
+	}
+	return w.Finish()
 }

@@ -1,6 +1,7 @@
 package regiond
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -20,7 +21,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/jackc/pgx/v5"
+	"github.com/ulikunitz/xz"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrite-metal/ferrite/pkg/simplestreams"
@@ -231,7 +234,7 @@ func TestImportFromMirror(t *testing.T) {
 		"ubuntu/jammy amd64/ga-22.04 kernel-initrd squashfs=" + sha(m.data[itemKey(pidJammy, "20250110", "squashfs")]),
 	}
 	custom := []string{"custom/debian-12 amd64/generic root-dd root-dd=" + sha(m.data[itemKey(pidCustom, "20250101", "root-dd")])}
-	loaderSkipped := `product "` + pidLoader + `" version "20250101" item "syslinux.tar.xz": bootloaders from simplestreams are not imported (use ferrite images import-bootloaders)`
+	loaderSkipped := `product "` + pidLoader + `" version "20250101" item "syslinux.tar.xz": a boot loader, imported only with --bootloaders (it would shadow the loaders of ferrite images import-bootloaders)`
 	manifest := func(pid, v string) string {
 		return fmt.Sprintf("product %q version %q item \"manifest\": a manifest (package list), not needed to boot", pid, v)
 	}
@@ -247,7 +250,7 @@ func TestImportFromMirror(t *testing.T) {
 			name:          "everything",
 			wantResources: slices.Concat(custom, jammy, noble("kernel-initrd")),
 			wantNames:     []string{"custom/debian-12 amd64/generic", "ubuntu/jammy amd64/ga-22.04", "ubuntu/noble amd64/ga-24.04"},
-			wantSkipped:   []string{loaderSkipped, manifest(pidJammy, "20250110"), manifest(pidNoble, "20250615.1")},
+			wantSkipped:   []string{manifest(pidJammy, "20250110"), manifest(pidNoble, "20250615.1"), loaderSkipped},
 		},
 		{
 			name:          "release noble",
@@ -616,8 +619,278 @@ func TestImportsRunOneAfterTheOther(t *testing.T) {
 func TestPlanImportRefusesBadNames(t *testing.T) {
 	it := simplestreams.Item{ProductID: "p", Version: "1", Name: "boot-kernel", FType: "boot-kernel",
 		Fields: map[string]string{"os": "Ubuntu", "release": "noble", "arch": "amd64"}}
-	_, _, err := planImport([]simplestreams.Item{it})
+	_, _, err := planImport([]simplestreams.Item{it}, nil, false)
 	if err == nil || !strings.Contains(err.Error(), `product "p" version "1": field "os" is "Ubuntu"`) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// loaderArchive makes a bootloader archive of files (name → content).
+func loaderArchive(t testing.TB, files map[string]string) []byte {
+	t.Helper()
+	var afs []simplestreams.ArchiveFile
+	for name, content := range files {
+		afs = append(afs, simplestreams.ArchiveFile{Name: name, Size: int64(len(content)), Content: strings.NewReader(content)})
+	}
+	var buf bytes.Buffer
+	if err := simplestreams.WriteArchive(&buf, afs); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Product ids of the bootloader mirror, shaped like MAAS's own.
+const (
+	pidGrub = "com.example.stable:1:grub-efi-signed:uefi:amd64"
+	pidPXE  = "com.example.stable:1:pxelinux:pxe:i386"
+)
+
+// writeLoaderMirror writes a mirror of one image (ubuntu noble) and two
+// bootloader products: grub-efi-signed (two archives, as MAAS publishes
+// shim and GRUB) and pxelinux (i386, arches i386,amd64) whose archive is
+// pxeArchive.
+func writeLoaderMirror(t testing.TB, pxeArchive []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	item := func(name, ftype string, b []byte) simplestreams.MirrorItem {
+		return simplestreams.MirrorItem{Name: name, FType: ftype, Reader: bytes.NewReader(b)}
+	}
+	_, err := simplestreams.WriteMirror(context.Background(), dir, simplestreams.Mirror{Streams: []simplestreams.MirrorStream{
+		{ContentID: "com.example:stable:v3:download", Products: []simplestreams.MirrorProduct{{ID: pidNoble,
+			Fields: map[string]string{"os": "ubuntu", "release": "noble", "arch": "amd64", "subarch": "ga-24.04"},
+			Versions: []simplestreams.MirrorVersion{{Name: "20250615", Items: []simplestreams.MirrorItem{
+				item("boot-kernel", "boot-kernel", []byte("kernel")), item("boot-initrd", "boot-initrd", []byte("initrd"))}}}}}},
+		{ContentID: "com.example:stable:1:bootloader-download", Fields: map[string]string{"label": "stable"}, Products: []simplestreams.MirrorProduct{
+			{ID: pidGrub, Fields: map[string]string{"os": "grub-efi-signed", "arch": "amd64", "arches": "amd64", "bootloader-type": "uefi"},
+				Versions: []simplestreams.MirrorVersion{
+					{Name: "20240101", Items: []simplestreams.MirrorItem{
+						item("shim-signed", "archive.tar.xz", loaderArchive(t, map[string]string{"bootx64.efi": "old shim"}))}},
+					{Name: "20250101", Items: []simplestreams.MirrorItem{
+						item("shim-signed", "archive.tar.xz", loaderArchive(t, map[string]string{"bootx64.efi": "shim"})),
+						item("grub2-signed", "archive.tar.xz", loaderArchive(t, map[string]string{"grubx64.efi": "grub"}))}},
+				}},
+			{ID: pidPXE, Fields: map[string]string{"os": "pxelinux", "arch": "i386", "arches": "i386,amd64", "bootloader-type": "pxe"},
+				Versions: []simplestreams.MirrorVersion{{Name: "20250101", Items: []simplestreams.MirrorItem{
+					item("syslinux", "archive.tar.xz", pxeArchive)}}}},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestImportBootloaders(t *testing.T) {
+	pxeFiles := map[string]string{"lpxelinux.0": "lpxelinux", "ldlinux.c32": "ldlinux", "libcom32.c32": "libcom32", "same.c32": "libcom32"}
+	dir := writeLoaderMirror(t, loaderArchive(t, pxeFiles))
+	s := func(v string) string { return sha([]byte(v)) }
+	noble := []string{
+		"ubuntu/noble amd64/ga-24.04 kernel-initrd boot-initrd=" + s("initrd"),
+		"ubuntu/noble amd64/ga-24.04 kernel-initrd boot-kernel=" + s("kernel"),
+	}
+	grub := []string{
+		"bootloader/grub-efi-signed amd64/generic bootloader bootx64.efi=" + s("shim"),
+		"bootloader/grub-efi-signed amd64/generic bootloader grubx64.efi=" + s("grub"),
+	}
+	pxe := []string{
+		"bootloader/pxelinux i386/generic bootloader ldlinux.c32=" + s("ldlinux"),
+		"bootloader/pxelinux i386/generic bootloader libcom32.c32=" + s("libcom32"),
+		"bootloader/pxelinux i386/generic bootloader lpxelinux.0=" + s("lpxelinux"),
+		"bootloader/pxelinux i386/generic bootloader same.c32=" + s("libcom32"),
+	}
+	skipped := func(pid, item string) string {
+		return fmt.Sprintf("product %q version %q item %q: a boot loader, imported only with --bootloaders (it would shadow the loaders of ferrite images import-bootloaders)", pid, "20250101", item)
+	}
+	tests := []struct {
+		name          string
+		filter        store.ImportFilter
+		wantResources []string
+		wantNames     []string
+		wantSkipped   []string
+		wantErr       string
+	}{
+		{
+			name:          "without --bootloaders",
+			wantResources: noble,
+			wantNames:     []string{"ubuntu/noble amd64/ga-24.04"},
+			wantSkipped:   []string{skipped(pidGrub, "grub2-signed"), skipped(pidGrub, "shim-signed"), skipped(pidPXE, "syslinux")},
+		},
+		{
+			name:          "with --bootloaders",
+			filter:        store.ImportFilter{Bootloaders: true},
+			wantResources: slices.Concat(grub, pxe, noble),
+			wantNames:     []string{"bootloader/grub-efi-signed amd64/generic", "bootloader/pxelinux i386/generic", "ubuntu/noble amd64/ga-24.04"},
+		},
+		{
+			name:          "arch amd64 takes pxelinux through arches",
+			filter:        store.ImportFilter{Arch: "amd64", Release: "noble", Bootloaders: true},
+			wantResources: slices.Concat(grub, pxe, noble),
+			wantNames:     []string{"bootloader/grub-efi-signed amd64/generic", "bootloader/pxelinux i386/generic", "ubuntu/noble amd64/ga-24.04"},
+		},
+		{
+			name:          "arch i386: boot loaders only",
+			filter:        store.ImportFilter{Arch: "i386", Bootloaders: true},
+			wantResources: pxe,
+			wantNames:     []string{"bootloader/pxelinux i386/generic"},
+		},
+		{
+			name:    "nothing matches",
+			filter:  store.ImportFilter{Arch: "arm64", Bootloaders: true},
+			wantErr: dir + " offers no image or boot loader matching arch=arm64 bootloaders",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			im, st, url := testImporter(t)
+			got := runImport(t, im, dir, tt.filter)
+			if got.Error != tt.wantErr {
+				t.Fatalf("error = %q, want %q", got.Error, tt.wantErr)
+			}
+			if tt.wantErr != "" {
+				return
+			}
+			if diff := cmp.Diff(tt.wantNames, got.Resources); diff != "" {
+				t.Errorf("import resources (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantSkipped, got.Skipped, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("skipped (-want +got):\n%s", diff)
+			}
+			state := stateOf(t, url)
+			if diff := cmp.Diff(tt.wantResources, state.Resources); diff != "" {
+				t.Errorf("boot resources (-want +got):\n%s", diff)
+			}
+			if state.Incomplete != 0 {
+				t.Errorf("%d incomplete blobs left", state.Incomplete)
+			}
+			for _, r := range state.Resources {
+				name, sum, _ := strings.Cut(r[strings.LastIndex(r, " ")+1:], "=")
+				if want := pxeFiles[name]; want != "" && string(readBlob(t, st, sum)) != want {
+					t.Errorf("%s reads back %q", name, readBlob(t, st, sum))
+				}
+			}
+			again := runImport(t, im, dir, tt.filter)
+			if again.State != store.ImportDone {
+				t.Fatalf("second import: %s %s", again.State, again.Error)
+			}
+			if diff := cmp.Diff(state, stateOf(t, url)); diff != "" {
+				t.Errorf("second import changed the database (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestImportBadBootloaderArchive: an archive that breaks a rule fails the
+// whole import with an error naming its product, version and item, and
+// leaves nothing stored: not the image beside it, not the other loader's
+// members, not the archive.
+func TestImportBadBootloaderArchive(t *testing.T) {
+	tarXZ := func(t testing.TB, hdrs ...tar.Header) []byte {
+		var tb bytes.Buffer
+		tw := tar.NewWriter(&tb)
+		for _, h := range hdrs {
+			if h.Mode == 0 {
+				h.Mode = 0o644
+			}
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatal(err)
+			}
+			if h.Typeflag == tar.TypeReg && h.Size <= 1<<20 { // larger: only the header, which is what must be refused
+				tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+			}
+		}
+		tw.Close()
+		var out bytes.Buffer
+		xw, _ := xz.NewWriter(&out)
+		xw.Write(tb.Bytes())
+		xw.Close()
+		return out.Bytes()
+	}
+	many := make([]tar.Header, 257)
+	for i := range many {
+		many[i] = tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("m%d.c32", i), Size: 1}
+	}
+	good := loaderArchive(t, map[string]string{"lpxelinux.0": strings.Repeat("pxe", 20000)})
+	corrupt := slices.Clone(good)
+	corrupt[len(corrupt)/2] ^= 0x55
+	item := fmt.Sprintf("product %q version %q item %q", pidPXE, "20250101", "syslinux")
+	tests := []struct {
+		name    string
+		archive []byte
+		wantErr string
+	}{
+		{"parent path", tarXZ(t, tar.Header{Typeflag: tar.TypeReg, Name: "../x", Size: 1}), `member name "../x" contains a '/'`},
+		{"absolute path", tarXZ(t, tar.Header{Typeflag: tar.TypeReg, Name: "/boot/x", Size: 1}), `member name "/boot/x" contains a '/'`},
+		{"symlink", tarXZ(t, tar.Header{Typeflag: tar.TypeSymlink, Name: "lpxelinux.0", Linkname: "/etc/shadow"}), `member "lpxelinux.0" is a symbolic link`},
+		{"hardlink", tarXZ(t, tar.Header{Typeflag: tar.TypeReg, Name: "a", Size: 1}, tar.Header{Typeflag: tar.TypeLink, Name: "b", Linkname: "a"}), `member "b" is a hard link`},
+		{"directory", tarXZ(t, tar.Header{Typeflag: tar.TypeDir, Name: "syslinux/"}), `member "syslinux/" is a directory`},
+		{"too many members", tarXZ(t, many...), "more than 256 members"},
+		{"oversize", tarXZ(t, tar.Header{Typeflag: tar.TypeReg, Name: "a", Size: 1}, tar.Header{Typeflag: tar.TypeReg, Name: "c", Size: 300 << 20}),
+			`member "c" (314572800 bytes) takes the members past 268435456 bytes`},
+		{"corrupted xz", corrupt, "bad bootloader archive"},
+		{"not an archive", []byte("plain bytes"), "not xz"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeLoaderMirror(t, tt.archive)
+			im, _, url := testImporter(t)
+			got := runImport(t, im, dir, store.ImportFilter{Bootloaders: true})
+			if got.State != store.ImportFailed || !strings.Contains(got.Error, item) || !strings.Contains(got.Error, tt.wantErr) {
+				t.Errorf("import %s: %q, want failed naming %s with %q", got.State, got.Error, item, tt.wantErr)
+			}
+			if diff := cmp.Diff(dbState{}, stateOf(t, url), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("a failed import left (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestImportBootloaderResumesMember: a member an interrupted import left
+// partly stored is continued from its last commit, not written anew.
+func TestImportBootloaderResumesMember(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(5, 6))
+	big := make([]byte, 3*store.ChunkSize+123)
+	for i := range big {
+		big[i] = byte(rng.Uint32())
+	}
+	dir := writeLoaderMirror(t, loaderArchive(t, map[string]string{"lpxelinux.0": string(big), "ldlinux.c32": "ldlinux"}))
+	im, st, url := testImporter(t)
+
+	w, err := st.ResumeBlob(ctx, sha(big), int64(len(big)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(big[:store.ChunkSize+1000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil || w.Committed() != store.ChunkSize {
+		t.Fatalf("sync: %v, committed %d", err, w.Committed())
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var partial int64
+	if err := conn.QueryRow(ctx, "SELECT id FROM blobs WHERE expected_sha256 = $1 AND NOT complete", sha(big)).Scan(&partial); err != nil {
+		t.Fatal(err)
+	}
+
+	got := runImport(t, im, dir, store.ImportFilter{Arch: "i386", Bootloaders: true})
+	if got.State != store.ImportDone {
+		t.Fatalf("import %s: %s", got.State, got.Error)
+	}
+	var id int64
+	if err := conn.QueryRow(ctx, "SELECT id FROM blobs WHERE sha256 = $1 AND complete", sha(big)).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if id != partial {
+		t.Errorf("lpxelinux.0 stored as blob %d, not by continuing partial blob %d", id, partial)
+	}
+	if !bytes.Equal(readBlob(t, st, sha(big)), big) {
+		t.Error("lpxelinux.0 reads back different")
+	}
+	if s := stateOf(t, url); s.Incomplete != 0 || len(s.Resources) != 2 {
+		t.Errorf("state after the import: %+v", s)
 	}
 }

@@ -10,16 +10,19 @@ import (
 )
 
 // The installed system the lifecycle test deploys is a raw disk image: an MBR with SYSLINUX's
-// boot code and one bootable FAT partition holding SYSLINUX, the ephemeral kernel and initrd
-// and an empty etc/cloud (so the deploy job leaves the machine's datasource there). Booted
-// from disk with root=, the agent acts as the installed system's cloud-init: it reads the
-// datasource and fetches user-data, which is the call back that makes the machine Deployed.
-// Everything is built without mounting: mkfs.fat, syslinux and mtools work on the file.
+// boot code and one bootable FAT partition holding SYSLINUX (BIOS), systemd-boot as
+// EFI/BOOT/BOOTX64.EFI (UEFI: what the network GRUB's local-boot config chainloads), the
+// ephemeral kernel and initrd and an empty etc/cloud (so the deploy job leaves the machine's
+// datasource there). Booted from disk with root=, the agent acts as the installed system's
+// cloud-init: it reads the datasource and fetches user-data, which is the call back that makes
+// the machine Deployed. Everything is built without mounting: mkfs.fat, syslinux and mtools
+// work on the file.
 
 const (
 	partitionStart = 2048 // sectors: the usual 1 MiB alignment
 	sectorSize     = 512
 	syslinuxMBR    = "/usr/lib/syslinux/mbr/mbr.bin"
+	systemdBoot    = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 )
 
 // installedImageTools maps the commands BuildInstalledImage runs to their Debian packages.
@@ -38,8 +41,10 @@ func CheckInstalledImageTools() error {
 			missing = append(missing, fmt.Sprintf("%s (apt-get install %s)", cmd, pkg))
 		}
 	}
-	if _, err := os.Stat(syslinuxMBR); err != nil {
-		missing = append(missing, syslinuxMBR+" (apt-get install syslinux-common)")
+	for file, pkg := range map[string]string{syslinuxMBR: "syslinux-common", systemdBoot: "systemd-boot-efi"} {
+		if _, err := os.Stat(file); err != nil {
+			missing = append(missing, fmt.Sprintf("%s (apt-get install %s)", file, pkg))
+		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("building the installed-system image needs: %s", strings.Join(missing, ", "))
@@ -58,28 +63,37 @@ func BuildInstalledImage(dir, kernel, initrd string, partitionMiB int, kernelOpt
 	if err := writeMBR(img, partSectors); err != nil {
 		return "", err
 	}
-	cfg := filepath.Join(dir, "syslinux.cfg")
-	syslinuxCfg := fmt.Sprintf(`SERIAL 0 115200
+	configs := map[string]string{
+		"syslinux.cfg": fmt.Sprintf(`SERIAL 0 115200
 PROMPT 0
 TIMEOUT 0
 DEFAULT installed
 LABEL installed
-  SAY Booting the installed system from disk...
+  SAY Booting the installed system from disk (SYSLINUX)...
   KERNEL /vmlinuz
   APPEND initrd=/initrd root=/dev/vda1 %s
-`, kernelOpts)
-	if err := os.WriteFile(cfg, []byte(syslinuxCfg), 0o644); err != nil {
-		return "", err
+`, kernelOpts),
+		"loader.conf": "default installed.conf\ntimeout 0\n",
+		"installed.conf": fmt.Sprintf("title Installed system (systemd-boot)\nlinux /vmlinuz\ninitrd /initrd\noptions root=/dev/vda1 %s\n",
+			kernelOpts),
+	}
+	for name, content := range configs {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return "", err
+		}
 	}
 	fatImage := fmt.Sprintf("%s@@%d", img, partitionStart*sectorSize) // mtools: the filesystem at an offset
 	steps := [][]string{
 		{"mkfs.fat", "-F", "16", "-n", "FERRITE", "--offset", fmt.Sprint(partitionStart), "-h", fmt.Sprint(partitionStart),
 			img, fmt.Sprint(partitionMiB << 10)},
 		{"syslinux", "--offset", fmt.Sprint(partitionStart * sectorSize), "--install", img},
-		{"mmd", "-i", fatImage, "::/etc", "::/etc/cloud"},
+		{"mmd", "-i", fatImage, "::/etc", "::/etc/cloud", "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"},
 		{"mcopy", "-i", fatImage, kernel, "::/vmlinuz"},
 		{"mcopy", "-i", fatImage, initrd, "::/initrd"},
-		{"mcopy", "-i", fatImage, cfg, "::/syslinux.cfg"},
+		{"mcopy", "-i", fatImage, filepath.Join(dir, "syslinux.cfg"), "::/syslinux.cfg"},
+		{"mcopy", "-i", fatImage, systemdBoot, "::/EFI/BOOT/BOOTX64.EFI"},
+		{"mcopy", "-i", fatImage, filepath.Join(dir, "loader.conf"), "::/loader/loader.conf"},
+		{"mcopy", "-i", fatImage, filepath.Join(dir, "installed.conf"), "::/loader/entries/installed.conf"},
 	}
 	for _, argv := range steps {
 		cmd := exec.Command(argv[0], argv[1:]...)

@@ -23,6 +23,20 @@ import (
 //	disk boots, its system reads user-data → Deployed → power cycle: PXE again boots the
 //	disk → release → powered off → Ready.
 func TestMachineLifecycle(t *testing.T) {
+	runLifecycle(t, VMOptions{Firmware: BIOS}, []string{"ipxe.cfg"}, true)
+}
+
+// TestMachineLifecycleUEFI is the same machine under UEFI (OVMF, PXE → shim → network GRUB),
+// up to Deployed and a second local boot: there the local-boot config is GRUB chainloading
+// the disk's EFI loader (systemd-boot in the test's image). Release and erase do not depend on
+// the firmware and are left to the BIOS run.
+func TestMachineLifecycleUEFI(t *testing.T) {
+	runLifecycle(t, VMOptions{Firmware: UEFI}, []string{"bootx64.efi", "grubx64.efi"}, false)
+}
+
+// runLifecycle drives one machine with firmware vm (loaders: what it fetches before its
+// config) through the lifecycle; withRelease adds release and release --quick-erase.
+func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	if err := CheckInstalledImageTools(); err != nil {
@@ -34,7 +48,8 @@ func TestMachineLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bmc, err := l.StartWebhookBMC(VMOptions{Firmware: BIOS, Disk: disk, Reboot: true})
+	vm.Disk, vm.Reboot = disk, true
+	bmc, err := l.StartWebhookBMC(vm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +59,7 @@ func TestMachineLifecycle(t *testing.T) {
 	if err := bmc.PowerOn(); err != nil {
 		t.Fatal(err)
 	}
-	m, err := site.WaitForEnlistment(ctx, bmc.Current(), []string{"ipxe.cfg"}, 5*time.Minute)
+	m, err := site.WaitForEnlistment(ctx, bmc.Current(), loaders, 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,6 +108,7 @@ func TestMachineLifecycle(t *testing.T) {
 		{"installed system called back", is(id, "STATUS_CHANGED", "Deployed")},
 	})
 	waitForConsole(ctx, t, bmc.Current(), "INSTALLED SYSTEM: fetched user-data", time.Minute)
+	checkBootedByLocalConfig(t, bmc.Current(), vm.Firmware)
 
 	// A deployed machine that PXE-boots again boots its disk.
 	if _, err := site.CLI(ctx, "machines", "power-off", id); err != nil {
@@ -104,6 +120,7 @@ func TestMachineLifecycle(t *testing.T) {
 	}
 	waitPoweredOn(ctx, t, bmc, 2*time.Minute)
 	waitForConsole(ctx, t, bmc.Current(), "INSTALLED SYSTEM: fetched user-data", 5*time.Minute)
+	checkBootedByLocalConfig(t, bmc.Current(), vm.Firmware)
 	var events []Event
 	if err := site.CLIJSON(ctx, &events, "events", "list", "--system-id", id, "--limit", "5000"); err != nil {
 		t.Fatal(err)
@@ -119,6 +136,9 @@ func TestMachineLifecycle(t *testing.T) {
 	}
 	if got := machine(ctx, t, site, id); got.Status != "Deployed" {
 		t.Errorf("after booting the disk again: %s, want Deployed", got.Status)
+	}
+	if !withRelease {
+		return
 	}
 
 	// Release: the region powers the machine off, then it is Ready.
@@ -251,4 +271,33 @@ func console(bmc *WebhookBMC) string {
 		return "(never powered on)"
 	}
 	return fmt.Sprintf("last serial console lines of %s:\n%s", vm.Name, vm.SerialTail(30))
+}
+
+// checkBootedByLocalConfig checks on vm's console that its disk was booted by Ferrite's
+// local-boot config (iPXE sanboot, or GRUB chainloading the disk's EFI loader), not by the
+// firmware going on to the disk, its next boot device, after the config failed.
+func checkBootedByLocalConfig(t *testing.T, vm *VM, fw Firmware) {
+	t.Helper()
+	b, err := os.ReadFile(vm.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := string(b)
+	i := strings.LastIndex(console, "Booting local disk...")
+	if i < 0 {
+		t.Fatalf("%s's console never shows the local-boot config", vm.Name)
+	}
+	after := console[i:]
+	want, notWant := []string{"Booting from SAN device 0x80", "SYSLINUX"}, "No local disk booted"
+	if fw != BIOS {
+		want, notWant = []string{"EFI stub"}, "BdsDxe: loading" // the firmware's own next boot option
+	}
+	for _, w := range want {
+		if !strings.Contains(after, w) {
+			t.Errorf("after the local-boot config %s's console lacks %q", vm.Name, w)
+		}
+	}
+	if strings.Contains(after, notWant) {
+		t.Errorf("after the local-boot config %s's console shows %q: the firmware, not the config, booted the disk", vm.Name, notWant)
+	}
 }

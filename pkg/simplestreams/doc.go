@@ -60,11 +60,16 @@
 // [MaxJSONSize]; and [OpenItem] returns a reader that fails at the end of
 // the file when its size or sha256 differs from the item's, so a caller that
 // streams into storage discards everything when the read fails.
+// [ReadArchive] unpacks a bootloader archive (archive.tar.xz) only as plain
+// regular files with safe names, within [MaxArchiveMembers] members and
+// [MaxArchiveSize] bytes, checking the xz stream to its end.
 //
 // # Writing
 //
 // [WriteMirror] copies files into a directory, hashing them on the way, and
 // writes the products files and then the index, each through a temporary
 // file and a rename, so an interrupted run never leaves a half-written
-// index. See [ItemPath] for the layout.
+// index. See [ItemPath] for the layout. [WriteArchive] makes the
+// archive.tar.xz of a bootloader product: the same files always give the
+// same bytes.
 package simplestreams

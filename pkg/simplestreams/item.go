@@ -48,6 +48,10 @@ func (it Item) Subarch() string { return it.Fields["subarch"] }
 // without empty entries.
 func (it Item) Subarches() []string { return splitList(it.Fields["subarches"]) }
 
+// Arches returns the comma-separated "arches" field of a bootloader (the
+// architectures it serves, e.g. i386,amd64) as a list.
+func (it Item) Arches() []string { return splitList(it.Fields["arches"]) }
+
 // Label returns the "label" field, e.g. stable.
 func (it Item) Label() string { return it.Fields["label"] }
 

@@ -220,6 +220,17 @@ func ReadProducts(ctx context.Context, src Source, path string) (*Products, erro
 // bootloader-type field. A products file whose content_id differs from its
 // index key is an error.
 func Load(ctx context.Context, src Source, f Filter) ([]Item, error) {
+	items, err := LoadAll(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	return Select(items, f), nil
+}
+
+// LoadAll is Load without the selection: every item of every version of
+// every image-downloads products file, for callers that select images and
+// bootloaders by different rules (each with [Select]).
+func LoadAll(ctx context.Context, src Source) ([]Item, error) {
 	idx, err := ReadIndex(ctx, src)
 	if err != nil {
 		return nil, err
@@ -239,5 +250,5 @@ func Load(ctx context.Context, src Source, f Filter) ([]Item, error) {
 		}
 		items = append(items, p.Items()...)
 	}
-	return Select(items, f), nil
+	return items, nil
 }

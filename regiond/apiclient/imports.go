@@ -19,21 +19,25 @@ const (
 // ImportRequest asks the region to import images from a simplestreams
 // mirror. Source is an http(s) URL or a directory on the region's host
 // ("" = the region's default, images.maas.io); the filter fields ("" =
-// any) select what is imported.
+// any) select what is imported. Bootloaders imports the source's
+// bootloader products too (selected by Arch only: a product's arch or
+// arches); without it they are skipped.
 type ImportRequest struct {
-	Source  string `json:"source,omitempty"`
-	OS      string `json:"os,omitempty"`
-	Release string `json:"release,omitempty"`
-	Arch    string `json:"arch,omitempty"`
-	Subarch string `json:"subarch,omitempty"`
+	Source      string `json:"source,omitempty"`
+	OS          string `json:"os,omitempty"`
+	Release     string `json:"release,omitempty"`
+	Arch        string `json:"arch,omitempty"`
+	Subarch     string `json:"subarch,omitempty"`
+	Bootloaders bool   `json:"bootloaders,omitempty"`
 }
 
 // ImportFilter is what an import selects; "" = any.
 type ImportFilter struct {
-	OS      string `json:"os"`
-	Release string `json:"release"`
-	Arch    string `json:"arch"`
-	Subarch string `json:"subarch"`
+	OS          string `json:"os"`
+	Release     string `json:"release"`
+	Arch        string `json:"arch"`
+	Subarch     string `json:"subarch"`
+	Bootloaders bool   `json:"bootloaders"` // bootloader products imported too
 }
 
 // Import is an image import and its progress.

@@ -35,7 +35,7 @@ func commands() []command {
 			setupImportBootloaders},
 		{"images list", "[-o json]", "List boot images.", setupImagesList},
 		{"images mirror", "--to DIR [--ephemeral DIR] [--no-region] [-o json]",
-			"Write the region's kernel-initrd and root-dd images (and an ephemeral build) as a simplestreams mirror an air-gapped site can import.",
+			"Write the region's kernel-initrd, root-dd and bootloader images (and an ephemeral build) as a simplestreams mirror an air-gapped site can import.",
 			setupImagesMirror}, // images_mirror.go
 		{"config set", "KEY VALUE [-o json]", "Set a configuration key (commissioning_image, kernel_opts, node_timeout, power_command_timeout, power_query_interval).", setupConfigSet},
 		{"config get", "[KEY] [-o json]", "Print one configuration value, or all of them.", setupConfigGet},

@@ -15,9 +15,10 @@ import (
 // importCommands are `ferrite images import` and `ferrite images imports`.
 func importCommands() []command {
 	return []command{
-		{"images import", "[--source URL|DIR] [--os OS] [--release R] [--arch A] [--subarch S] [--no-wait] [-o json]",
+		{"images import", "[--source URL|DIR] [--os OS] [--release R] [--arch A] [--subarch S] [--bootloaders] [--no-wait] [-o json]",
 			"Import images from a simplestreams mirror (default http://images.maas.io/ephemeral-v3/stable/; DIR is a directory on the region's host): " +
-				"the region downloads, verifies and stores them, resuming after a restart; this prints progress until it is done.",
+				"the region downloads, verifies and stores them, resuming after a restart; this prints progress until it is done. " +
+				"--bootloaders imports the mirror's boot loaders too (as bootloader/OS images).",
 			setupImagesImport},
 		{"images imports", "[-o json]", "List the latest image imports and their state.", setupImagesImports},
 	}
@@ -33,6 +34,8 @@ func setupImagesImport(fs *flag.FlagSet) action {
 	fs.StringVar(&req.Release, "release", "", "import only this `RELEASE`, e.g. noble")
 	fs.StringVar(&req.Arch, "arch", "", "import only this `ARCH`, e.g. amd64")
 	fs.StringVar(&req.Subarch, "subarch", "", "import only products serving this `SUBARCH`, e.g. ga-24.04 or generic")
+	fs.BoolVar(&req.Bootloaders, "bootloaders", false, "also import the mirror's bootloader products (selected by --arch only) as bootloader/OS images; "+
+		"without it they are skipped, so the loaders of images import-bootloaders stay in use")
 	noWait := fs.Bool("no-wait", false, "queue the import and return; follow it with ferrite images imports")
 	out := outputFlag(fs)
 	return func(ctx context.Context, a *app, args []string) error {
@@ -152,6 +155,9 @@ func importTable(ims []apiclient.Import) func(io.Writer) {
 				if kv[1] != "" {
 					filter = append(filter, kv[0]+"="+kv[1])
 				}
+			}
+			if im.Filter.Bootloaders {
+				filter = append(filter, "bootloaders")
 			}
 			prog := fmt.Sprintf("%s/%s %d/%d files", size(im.BytesDone), size(im.BytesTotal), im.FilesDone, im.FilesTotal)
 			row(w, fmt.Sprint(im.ID), im.State, im.Source, strings.Join(filter, " "), prog, when(im.Created), im.Error)

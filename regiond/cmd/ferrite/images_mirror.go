@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,12 +19,16 @@ import (
 )
 
 // What `ferrite images mirror` publishes: one simplestreams products file of image
-// downloads, a product per image and architecture, named as MAAS names its own.
+// downloads, a product per image and architecture, and one of boot loaders, a product
+// per bootloader image, named as MAAS names its own.
 const (
-	mirrorContentID     = "io.ferrite:stable:v3:download"
-	mirrorProductPrefix = "io.ferrite.stable:v3:boot"
-	ephemeralImageName  = "ferrite/ephemeral"
-	ephemeralImageArch  = "amd64/generic"
+	mirrorContentID       = "io.ferrite:stable:v3:download"
+	mirrorProductPrefix   = "io.ferrite.stable:v3:boot"
+	mirrorLoaderContentID = "io.ferrite:stable:1:bootloader-download"
+	mirrorLoaderPrefix    = "io.ferrite.stable:1"
+	loaderNamePrefix      = "bootloader/"
+	ephemeralImageName    = "ferrite/ephemeral"
+	ephemeralImageArch    = "amd64/generic"
 )
 
 // mirrorFTypes maps the files of Ferrite's image kinds to simplestreams ftypes.
@@ -46,7 +53,7 @@ func setupImagesMirror(fs *flag.FlagSet) action {
 		case *noRegion && *ephemeral == "":
 			return usagef("--no-region publishes only --ephemeral: give --ephemeral DIR")
 		}
-		var products []simplestreams.MirrorProduct
+		var products, loaders []simplestreams.MirrorProduct
 		want := map[string]string{} // product id + "/" + item name → sha256 the region holds
 		var skipped []string
 		if !*noRegion {
@@ -59,6 +66,15 @@ func setupImagesMirror(fs *flag.FlagSet) action {
 				return err
 			}
 			for _, im := range images {
+				if im.Kind == "bootloader" {
+					p, why := loaderProduct(ctx, c, im)
+					if why != "" {
+						skipped = append(skipped, fmt.Sprintf("%s %s: %s", im.Name, im.Arch, why))
+						continue
+					}
+					loaders = append(loaders, p)
+					continue
+				}
 				p, why := regionProduct(ctx, c, im)
 				if why != "" {
 					skipped = append(skipped, fmt.Sprintf("%s %s: %s", im.Name, im.Arch, why))
@@ -80,16 +96,29 @@ func setupImagesMirror(fs *flag.FlagSet) action {
 		for _, s := range skipped {
 			fmt.Fprintf(a.stderr, "ferrite: not mirrored: %s\n", s)
 		}
-		if len(products) == 0 {
-			return errors.New("nothing to mirror: the region has no kernel-initrd or root-dd images (see ferrite images list)")
+		if len(products) == 0 && len(loaders) == 0 {
+			return errors.New("nothing to mirror: the region has no kernel-initrd, root-dd or bootloader images (see ferrite images list)")
 		}
 		defer closeLazyReaders(products)
-		items, err := simplestreams.WriteMirror(ctx, *to, simplestreams.Mirror{Streams: []simplestreams.MirrorStream{{
-			ContentID: mirrorContentID,
-			DataType:  simplestreams.DataTypeDownloads,
-			Fields:    map[string]string{"label": "stable"},
-			Products:  products,
-		}}})
+		defer closeLazyReaders(loaders)
+		var streams []simplestreams.MirrorStream
+		if len(products) > 0 {
+			streams = append(streams, simplestreams.MirrorStream{
+				ContentID: mirrorContentID,
+				DataType:  simplestreams.DataTypeDownloads,
+				Fields:    map[string]string{"label": "stable"},
+				Products:  products,
+			})
+		}
+		if len(loaders) > 0 {
+			streams = append(streams, simplestreams.MirrorStream{
+				ContentID: mirrorLoaderContentID,
+				DataType:  simplestreams.DataTypeDownloads,
+				Fields:    map[string]string{"label": "stable"},
+				Products:  loaders,
+			})
+		}
+		items, err := simplestreams.WriteMirror(ctx, *to, simplestreams.Mirror{Streams: streams})
 		if err != nil {
 			return err
 		}
@@ -132,6 +161,120 @@ func regionProduct(ctx context.Context, c *apiclient.Client, im apiclient.Image)
 		return p, err.Error()
 	}
 	return p, ""
+}
+
+// loaderType is the bootloader-type of the product of the boot loader image
+// bootloader/OS: pxelinux → pxe, uefi → uefi, ipxe → ipxe (the images of ferrite images
+// import-bootloaders), grub-efi-signed and grub-efi → uefi, grub-ieee1275 → open-firmware
+// (those a MAAS stream gives an import); any other OS → uefi when every file is an
+// .efi, else pxe. The type only places the archive in the tree
+// (bootloaders/TYPE/ARCH/...): racks serve every boot loader file by its name.
+func loaderType(osName string, files []apiclient.ImageFile) string {
+	switch osName {
+	case "pxelinux":
+		return "pxe"
+	case "uefi", "grub-efi-signed", "grub-efi":
+		return "uefi"
+	case "ipxe":
+		return "ipxe"
+	case "grub-ieee1275":
+		return "open-firmware"
+	}
+	for _, f := range files {
+		if !strings.HasSuffix(f.Filename, ".efi") {
+			return "pxe"
+		}
+	}
+	return "uefi"
+}
+
+// loaderProduct describes the boot loader image bootloader/OS (arch ARCH/SUBARCH) as
+// the bootloader product io.ferrite.stable:1:OS:TYPE:ARCH[:SUBARCH] (fields os, arch,
+// arches, subarch, bootloader-type; label from the stream) with one version (the
+// image's creation time) and one item OS[-SUBARCH].tar.xz of ftype archive.tar.xz: a
+// tar.xz of the image's files under their served names (simplestreams.WriteArchive),
+// built from the region's files when WriteMirror copies it. why says why an image is
+// not mirrored.
+func loaderProduct(ctx context.Context, c *apiclient.Client, im apiclient.Image) (p simplestreams.MirrorProduct, why string) {
+	osName, ok := strings.CutPrefix(im.Name, loaderNamePrefix)
+	if !ok || osName == "" || strings.Contains(osName, "/") {
+		return p, "only boot loader images named " + loaderNamePrefix + "NAME are mirrored"
+	}
+	arch, subarch, ok := strings.Cut(im.Arch, "/")
+	if !ok || arch == "" || subarch == "" {
+		return p, "want ARCH arch/subarch"
+	}
+	if len(im.Files) == 0 {
+		return p, "no files"
+	}
+	for _, f := range im.Files {
+		if err := simplestreams.CheckArchiveName(f.Filename); err != nil {
+			return p, err.Error()
+		}
+	}
+	btype := loaderType(osName, im.Files)
+	id := []string{mirrorLoaderPrefix, osName, btype, arch}
+	itemName := osName
+	if subarch != "generic" {
+		id = append(id, subarch)
+		itemName += "-" + subarch
+	}
+	files := im.Files
+	return simplestreams.MirrorProduct{
+		ID: strings.Join(id, ":"),
+		Fields: map[string]string{
+			"os": osName, "arch": arch, "arches": arch, "subarch": subarch, "bootloader-type": btype,
+		},
+		Versions: []simplestreams.MirrorVersion{{Name: im.Created.UTC().Format("20060102.150405"), Items: []simplestreams.MirrorItem{{
+			Name: itemName + ".tar.xz", FType: simplestreams.FTypeArchiveTarXz,
+			Reader: &lazyReader{open: func() (io.ReadCloser, error) { return loaderArchive(ctx, c, files), nil }},
+		}}}},
+	}, ""
+}
+
+// loaderArchive streams the archive of a boot loader image's files, read one after
+// another from the region and checked against the region's sha256 and size.
+func loaderArchive(ctx context.Context, c *apiclient.Client, files []apiclient.ImageFile) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		var afs []simplestreams.ArchiveFile
+		var lazies []*lazyReader
+		for _, f := range files {
+			l := &lazyReader{open: func() (io.ReadCloser, error) {
+				rc, _, err := c.OpenImageFile(ctx, f.SHA256)
+				return rc, err
+			}}
+			lazies = append(lazies, l)
+			afs = append(afs, simplestreams.ArchiveFile{Name: f.Filename, Size: f.Size,
+				Content: &checkedReader{r: l, name: f.Filename, sha: f.SHA256, size: f.Size, h: sha256.New()}})
+		}
+		err := simplestreams.WriteArchive(pw, afs)
+		for _, l := range lazies {
+			l.close()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr
+}
+
+// checkedReader fails at the end of r unless exactly size bytes with this sha256 came.
+type checkedReader struct {
+	r         io.Reader
+	name, sha string
+	size, n   int64
+	h         hash.Hash
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	c.h.Write(p[:n])
+	if err == io.EOF {
+		if got := hex.EncodeToString(c.h.Sum(nil)); c.n != c.size || got != c.sha {
+			return n, fmt.Errorf("%s: the region sent %d bytes with sha256 %s, want %d bytes with %s", c.name, c.n, got, c.size, c.sha)
+		}
+	}
+	return n, err
 }
 
 // ephemeralProduct describes the ephemeral image `make ephemeral` built in dir; its

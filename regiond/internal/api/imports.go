@@ -26,10 +26,11 @@ type importStore interface {
 }
 
 type importFilterJSON struct {
-	OS      string `json:"os"`
-	Release string `json:"release"`
-	Arch    string `json:"arch"`
-	Subarch string `json:"subarch"`
+	OS          string `json:"os"`
+	Release     string `json:"release"`
+	Arch        string `json:"arch"`
+	Subarch     string `json:"subarch"`
+	Bootloaders bool   `json:"bootloaders"`
 }
 
 type importJSON struct {
@@ -55,7 +56,8 @@ type importJSON struct {
 func importOut(im store.Import) importJSON {
 	j := importJSON{
 		ID: im.ID, Source: im.Source, State: im.State, Error: im.Error,
-		Filter:    importFilterJSON{OS: im.Filter.OS, Release: im.Filter.Release, Arch: im.Filter.Arch, Subarch: im.Filter.Subarch},
+		Filter: importFilterJSON{OS: im.Filter.OS, Release: im.Filter.Release, Arch: im.Filter.Arch, Subarch: im.Filter.Subarch,
+			Bootloaders: im.Filter.Bootloaders},
 		BytesDone: im.BytesDone, BytesTotal: im.BytesTotal, FilesDone: im.FilesDone, FilesTotal: im.FilesTotal,
 		Current: im.Current, Resources: nonNil(im.Resources), Skipped: nonNil(im.Skipped),
 		Region: im.Region, Attempts: im.Attempts, Created: rfc3339(im.Created),
@@ -75,6 +77,8 @@ type createImportRequest struct {
 	Release string `json:"release"`
 	Arch    string `json:"arch"`
 	Subarch string `json:"subarch"`
+	// Bootloaders imports the source's bootloader products too.
+	Bootloaders bool `json:"bootloaders"`
 }
 
 // parseImport checks an import request and reports every problem.
@@ -102,7 +106,7 @@ func parseImport(req createImportRequest) (string, store.ImportFilter, error) {
 	case !filepath.IsAbs(source):
 		problems = append(problems, fmt.Sprintf("source: %q: want an http(s) URL or an absolute directory on the region's host", source))
 	}
-	f := store.ImportFilter{OS: req.OS, Release: req.Release, Arch: req.Arch, Subarch: req.Subarch}
+	f := store.ImportFilter{OS: req.OS, Release: req.Release, Arch: req.Arch, Subarch: req.Subarch, Bootloaders: req.Bootloaders}
 	for _, kv := range [][2]string{{"os", f.OS}, {"release", f.Release}, {"arch", f.Arch}, {"subarch", f.Subarch}} {
 		if kv[1] != "" && !filterValueRE(kv[1]) {
 			problems = append(problems, fmt.Sprintf("%s: %q: lowercase letters, digits, '.', '_' or '-' (at most 64)", kv[0], kv[1]))

@@ -61,7 +61,16 @@ func TestImportEndpoints(t *testing.T) {
 			t.Errorf("%s: %d %s", path, code, b)
 		}
 	}
-	if list := mustList(t, e); len(list) != 1 || list[0].ID != created.ID {
+	// bootloaders: true is kept with the filter (default false, above).
+	code, b = post(`{"source":"/srv/mirror","arch":"amd64","bootloaders":true}`)
+	var loaders importJSON
+	if code != http.StatusAccepted || json.Unmarshal(b, &loaders) != nil {
+		t.Fatalf("bootloaders: status %d: %s", code, b)
+	}
+	if diff := cmp.Diff(importFilterJSON{Arch: "amd64", Bootloaders: true}, loaders.Filter); diff != "" {
+		t.Errorf("bootloaders filter (-want +got):\n%s", diff)
+	}
+	if list := mustList(t, e); len(list) != 2 || list[0].ID != created.ID || !list[1].Filter.Bootloaders {
 		t.Errorf("list = %+v", list)
 	}
 	if code, _ := do(t, e.ts, "GET", "/api/v1/images/imports", "", "", nil); code != http.StatusUnauthorized {

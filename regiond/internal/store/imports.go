@@ -24,6 +24,10 @@ type ImportFilter struct {
 	Release string `json:"release,omitempty"`
 	Arch    string `json:"arch,omitempty"`
 	Subarch string `json:"subarch,omitempty"`
+	// Bootloaders asks for the source's bootloader products too (selected
+	// by Arch only); without it they are skipped, so that an import never
+	// shadows the loaders of ferrite images import-bootloaders.
+	Bootloaders bool `json:"bootloaders,omitempty"`
 }
 
 // Import is an image import request and its progress.
