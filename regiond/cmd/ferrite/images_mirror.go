@@ -102,21 +102,11 @@ func setupImagesMirror(fs *flag.FlagSet) action {
 		defer closeLazyReaders(products)
 		defer closeLazyReaders(loaders)
 		var streams []simplestreams.MirrorStream
-		if len(products) > 0 {
-			streams = append(streams, simplestreams.MirrorStream{
-				ContentID: mirrorContentID,
-				DataType:  simplestreams.DataTypeDownloads,
-				Fields:    map[string]string{"label": "stable"},
-				Products:  products,
-			})
-		}
-		if len(loaders) > 0 {
-			streams = append(streams, simplestreams.MirrorStream{
-				ContentID: mirrorLoaderContentID,
-				DataType:  simplestreams.DataTypeDownloads,
-				Fields:    map[string]string{"label": "stable"},
-				Products:  loaders,
-			})
+		for id, ps := range map[string][]simplestreams.MirrorProduct{mirrorContentID: products, mirrorLoaderContentID: loaders} {
+			if len(ps) > 0 {
+				streams = append(streams, simplestreams.MirrorStream{ContentID: id, DataType: simplestreams.DataTypeDownloads,
+					Fields: map[string]string{"label": "stable"}, Products: ps})
+			}
 		}
 		items, err := simplestreams.WriteMirror(ctx, *to, simplestreams.Mirror{Streams: streams})
 		if err != nil {
