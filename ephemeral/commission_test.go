@@ -1,30 +1,26 @@
 package ephemeral
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/ferrite-metal/ferrite/pkg/testutil/testenv"
 )
 
-// fakeMetadataRegion is a test double of the region's metadata API, written to contract.md
-// ("Issue 4: metadata API ↔ agent contract") because the region's side lands concurrently;
-// the lifecycle test of issue 4 runs the image against the real region. It serves the
-// commission cloud-config, checks the OAuth token, answers instance-id and records signals.
+// fakeMetadataRegion stands in for the region's metadata API so that this test can check the
+// whole inventory the agent gathers on a real kernel (CPU count, NIC driver and link, firmware),
+// which the region keeps only in part; pkg/lab's lifecycle test commissions against the real
+// region. It serves the commission cloud-config, checks the OAuth token, answers instance-id
+// and records signals.
 type fakeMetadataRegion struct {
 	cloudConfig string
 	mu          sync.Mutex
@@ -100,66 +96,19 @@ func TestBootCommissions(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	base := fmt.Sprintf("http://10.0.2.2:%d/MAAS/metadata/", port)
-	region := &fakeMetadataRegion{cloudConfig: fmt.Sprintf(`#cloud-config
+	var region *fakeMetadataRegion
+	var base string
+	serveLoopback(t, func(port int) http.Handler {
+		base = fmt.Sprintf("http://10.0.2.2:%d/MAAS/metadata/", port)
+		region = &fakeMetadataRegion{cloudConfig: fmt.Sprintf(`#cloud-config
 {"datasource":{"MAAS":{"metadata_url":%q,"consumer_key":"ck","token_key":"tk","token_secret":"ts"}},
  "ferrite":{"job":"commission","system_id":"abc123","metadata_url":%q},
  "power_state":{"delay":"now","mode":"poweroff","timeout":3600,"condition":"test ! -e /tmp/block-poweroff"}}
 `, base, base)}
-	srv := &http.Server{Handler: region, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	serialLog := filepath.Join(t.TempDir(), "serial.log")
-	var qemuOut bytes.Buffer
-	cmd := exec.Command("qemu-system-x86_64",
-		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", "pc,accel=tcg", "-cpu", "qemu64", "-m", "512", "-smp", "2",
-		"-no-reboot", "-serial", "file:"+serialLog,
-		"-kernel", filepath.Join(dir, "boot-kernel"),
-		"-initrd", filepath.Join(dir, "boot-initrd"),
-		"-append", fmt.Sprintf("console=ttyS0,115200 panic=-1 BOOTIF=01-%s cloud-config-url=%slatest/by-id/abc123/?op=get_preseed",
-			strings.ReplaceAll(vmMAC, ":", "-"), base),
-		"-netdev", "user,id=n0",
-		"-device", "virtio-net-pci,netdev=n0,mac="+vmMAC,
-		"-drive", "file="+disk+",if=virtio,format=raw",
-	)
-	cmd.Stdout = &qemuOut
-	cmd.Stderr = &qemuOut
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			cmd.Process.Kill() // by PID: only the QEMU this test started
-			<-exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(serialLog)
-			t.Logf("QEMU output:\n%s", qemuOut.String())
-			t.Logf("serial console:\n%s", b)
-		}
+		return region
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("QEMU: %v", waitErr)
-		}
-	case <-ctx.Done():
-		t.Fatalf("the VM did not power off within %v", bootTimeout)
-	}
+	bootVM(t, dir, 2, "cloud-config-url="+base+"latest/by-id/abc123/?op=get_preseed",
+		"-drive", "file="+disk+",if=virtio,format=raw")
 
 	region.mu.Lock()
 	defer region.mu.Unlock()

@@ -2,7 +2,6 @@ package ephemeral
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -130,65 +129,16 @@ func TestBootEnlists(t *testing.T) {
 	requireCommand(t, "qemu-system-x86_64", "qemu-system-x86")
 	dir := imageDir(t)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	// QEMU's user-mode network maps the guest's 10.0.2.2 to the host's loopback.
-	region := &fakeRegion{cloudConfig: fmt.Sprintf(`#cloud-config
+	var region *fakeRegion
+	port := serveLoopback(t, func(port int) http.Handler {
+		region = &fakeRegion{cloudConfig: fmt.Sprintf(`#cloud-config
 {"ferrite":{"job":"enlist","enlist_url":"http://10.0.2.2:%d/MAAS/metadata/enlist"},"power_state":{"delay":"now","mode":"poweroff","timeout":1800,"condition":"test ! -e /tmp/block-poweroff"}}
 `, port)}
-	srv := &http.Server{Handler: region, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	serialLog := filepath.Join(t.TempDir(), "serial.log")
-	var qemuOut bytes.Buffer
-	cmd := exec.Command("qemu-system-x86_64",
-		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", "pc,accel=tcg", "-cpu", "qemu64", "-m", "512", "-smp", "1",
-		"-no-reboot", "-serial", "file:"+serialLog,
-		"-kernel", filepath.Join(dir, "boot-kernel"),
-		"-initrd", filepath.Join(dir, "boot-initrd"),
-		"-append", fmt.Sprintf("console=ttyS0,115200 panic=-1 BOOTIF=01-%s cloud-config-url=http://10.0.2.2:%d/MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed",
-			strings.ReplaceAll(vmMAC, ":", "-"), port),
-		"-netdev", "user,id=n0",
-		"-device", "virtio-net-pci,netdev=n0,mac="+vmMAC,
-	)
-	cmd.Stdout = &qemuOut
-	cmd.Stderr = &qemuOut
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			cmd.Process.Kill() // by PID: only the QEMU this test started
-			<-exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(serialLog)
-			t.Logf("QEMU output:\n%s", qemuOut.String())
-			t.Logf("serial console:\n%s", b)
-		}
+		return region
 	})
-
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("QEMU: %v", waitErr)
-		}
-	case <-ctx.Done():
-		t.Fatalf("the VM did not power off within %v", bootTimeout)
-	}
+	start := time.Now()
+	serial := bootVM(t, dir, 1, fmt.Sprintf("cloud-config-url=http://10.0.2.2:%d/MAAS/metadata/latest/enlist-preseed/?op=get_enlist_preseed", port))
 	elapsed := time.Since(start)
 
 	region.mu.Lock()
@@ -224,14 +174,81 @@ func TestBootEnlists(t *testing.T) {
 		t.Errorf("memory_mb = %v, want 400..512 for a 512 MiB VM", req["memory_mb"])
 	}
 
-	serial, err := os.ReadFile(serialLog)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if bytes.Contains(serial, []byte("Kernel panic")) {
 		t.Errorf("the kernel panicked instead of powering off")
 	}
 	if !bytes.Contains(serial, []byte("sync and poweroff")) {
 		t.Errorf("serial console lacks the agent's \"sync and poweroff\": QEMU exited for another reason")
 	}
+}
+
+// serveLoopback serves, for the length of the test, the handler handlerFor makes for the
+// port it is served on (127.0.0.1), and returns that port.
+func serveLoopback(t *testing.T, handlerFor func(port int) http.Handler) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv := &http.Server{Handler: handlerFor(port), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return port
+}
+
+// bootVM boots the image in dir in QEMU (TCG, 512 MiB, cpus CPUs, a virtio NIC with vmMAC on
+// user-mode networking: the guest reaches the host's loopback as 10.0.2.2 and nothing leaves
+// the host) with cmdline after the console and BOOTIF parameters, and extra QEMU arguments
+// (disks). It waits until the guest powers off and returns the serial console; if the test
+// fails, QEMU's output and the console are logged. QEMU is killed by PID at cleanup.
+func bootVM(t *testing.T, dir string, cpus int, cmdline string, extra ...string) []byte {
+	t.Helper()
+	serialLog := filepath.Join(t.TempDir(), "serial.log")
+	var qemuOut bytes.Buffer
+	args := append([]string{
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", "pc,accel=tcg", "-cpu", "qemu64", "-m", "512", "-smp", fmt.Sprint(cpus),
+		"-no-reboot", "-serial", "file:" + serialLog,
+		"-kernel", filepath.Join(dir, "boot-kernel"),
+		"-initrd", filepath.Join(dir, "boot-initrd"),
+		"-append", fmt.Sprintf("console=ttyS0,115200 panic=-1 BOOTIF=01-%s %s", strings.ReplaceAll(vmMAC, ":", "-"), cmdline),
+		"-netdev", "user,id=n0",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + vmMAC,
+	}, extra...)
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	cmd.Stdout = &qemuOut
+	cmd.Stderr = &qemuOut
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start QEMU: %v", err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(serialLog)
+			t.Logf("QEMU output:\n%s", qemuOut.String())
+			t.Logf("serial console:\n%s", b)
+		}
+	})
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("QEMU: %v", waitErr)
+		}
+	case <-time.After(bootTimeout):
+		t.Fatalf("the VM did not power off within %v", bootTimeout)
+	}
+	serial, err := os.ReadFile(serialLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serial
 }

@@ -269,28 +269,22 @@ func (a *applier) syncLoop(ctx context.Context, fc *cache.Cache) error {
 			continue
 		}
 		wanted := cacheFiles(cfg)
-		a.reportSync(true, 0)
+		a.reporter.SyncState(true, 0)
 		start := time.Now()
 		if err := fc.Sync(ctx, wanted); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			a.reportSync(false, 0)
+			a.reporter.SyncState(false, 0)
 			a.log.Warn("boot resource sync incomplete; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
 			retry.Reset(backoff)
 			backoff = min(backoff*2, maxRetry)
 			continue
 		}
 		backoff = firstRetry
-		a.reportSync(false, cfg.GetVersion())
+		a.reporter.SyncState(false, cfg.GetVersion())
 		a.log.Info("boot resources in sync", zap.Int("files", len(wanted)), zap.Int("bootloaders", len(cfg.GetBootloaders())),
 			zap.Int64("version", cfg.GetVersion()), zap.Duration("took", time.Since(start)))
-	}
-}
-
-func (a *applier) reportSync(syncing bool, version int64) {
-	if a.reporter != nil {
-		a.reporter.SyncState(syncing, version)
 	}
 }
 

@@ -34,12 +34,6 @@ const (
 	streamsTimeout     = 10 * time.Minute // bounds reading the index and products files
 )
 
-// Boot resource file names of imported files, as uploads name them.
-const (
-	fileKernel = "boot-kernel"
-	fileInitrd = "boot-initrd"
-)
-
 // importer runs the image imports (ferrite images import) queued in the
 // database, one at a time, on the region that holds the "import" lock.
 type importer struct {
@@ -440,12 +434,6 @@ type plannedFile struct {
 
 var segmentRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
-// Kind of a deployable raw disk image (as uploads of --kind root-dd).
-const (
-	kindRootDD = store.KindRootDD
-	fileRootDD = store.FileRootDD
-)
-
 // isBootloader reports whether the item belongs to a bootloader product.
 func isBootloader(it simplestreams.Item) bool {
 	return it.BootloaderType() != "" || it.FType == simplestreams.FTypeArchiveTarXz || it.FType == simplestreams.FTypeBootloaderTarball
@@ -505,31 +493,25 @@ const bootloaderPrefix = "bootloader/"
 // Names and arches must be lowercase path segments like those uploads
 // take; anything else is an error naming the product.
 func planImport(items, loaders []simplestreams.Item, withLoaders bool) ([]plannedResource, []string, error) {
-	type key struct{ content, product, version string }
-	var order []key
-	groups := map[key][]simplestreams.Item{}
-	var skipped []string
-	for _, it := range items {
-		k := key{it.ContentID, it.ProductID, it.Version}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], it)
-	}
 	var plan []plannedResource
+	var skipped []string
 	byName := map[string]string{} // "name arch" → product, to refuse two products mapping to one resource
-	for _, k := range order {
-		its := groups[k]
-		first := its[0]
-		what := fmt.Sprintf("product %q version %q", k.product, k.version)
-		osName, release, arch, subarch := first.OS(), first.Release(), first.Arch(), first.Subarch()
-		if subarch == "" {
-			subarch = "generic"
+	add := func(what string, r plannedResource) error {
+		id := r.resource.Name + " " + r.resource.Arch
+		if prev, dup := byName[id]; dup {
+			return fmt.Errorf("%s and %s both become image %s", prev, what, id)
 		}
-		for _, f := range [][2]string{{"os", osName}, {"release", release}, {"arch", arch}, {"subarch", subarch}} {
-			if !segmentRE.MatchString(f[1]) {
-				return nil, skipped, fmt.Errorf("%s: field %q is %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", what, f[0], f[1])
-			}
+		byName[id] = what
+		plan = append(plan, r)
+		return nil
+	}
+
+	for _, its := range groupVersions(items) {
+		first := its[0]
+		what := versionName(first)
+		osName, release, arch, subarch := first.OS(), first.Release(), first.Arch(), subarchOf(first)
+		if err := checkSegments(what, [][2]string{{"os", osName}, {"release", release}, {"arch", arch}, {"subarch", subarch}}); err != nil {
+			return nil, skipped, err
 		}
 		r := plannedResource{resource: store.BootResource{Name: osName + "/" + release, Arch: arch + "/" + subarch, Kind: store.DefaultKind}}
 		names := map[string]string{}
@@ -558,9 +540,9 @@ func planImport(items, loaders []simplestreams.Item, withLoaders bool) ([]planne
 		}
 		switch {
 		case len(r.files) == 0 && rootDD != nil:
-			r.resource.Kind = kindRootDD
-			r.files = []plannedFile{{filename: fileRootDD, item: *rootDD}}
-		case names[fileKernel] == "" || names[fileInitrd] == "":
+			r.resource.Kind = store.KindRootDD
+			r.files = []plannedFile{{filename: store.FileRootDD, item: *rootDD}}
+		case names[store.FileKernel] == "" || names[store.FileInitrd] == "":
 			if rootDD != nil {
 				skipped = append(skipped, fmt.Sprintf("%s: a root-dd beside other files is not imported", *rootDD))
 			}
@@ -571,38 +553,23 @@ func planImport(items, loaders []simplestreams.Item, withLoaders bool) ([]planne
 		case rootDD != nil:
 			skipped = append(skipped, fmt.Sprintf("%s: a root-dd beside a kernel and initrd is not imported", *rootDD))
 		}
-		id := r.resource.Name + " " + r.resource.Arch
-		if prev, dup := byName[id]; dup {
-			return nil, skipped, fmt.Errorf("%s and %s both become image %s", prev, what, id)
+		if err := add(what, r); err != nil {
+			return nil, skipped, err
 		}
-		byName[id] = what
-		plan = append(plan, r)
 	}
 
-	order, groups = nil, map[key][]simplestreams.Item{}
-	for _, it := range loaders {
-		if !withLoaders {
+	if !withLoaders {
+		for _, it := range loaders {
 			skipped = append(skipped, fmt.Sprintf("%s: a boot loader, imported only with --bootloaders (it would shadow the loaders of ferrite images import-bootloaders)", it))
-			continue
 		}
-		k := key{it.ContentID, it.ProductID, it.Version}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], it)
+		return plan, skipped, nil
 	}
-	for _, k := range order {
-		its := groups[k]
+	for _, its := range groupVersions(loaders) {
 		first := its[0]
-		what := fmt.Sprintf("product %q version %q", k.product, k.version)
-		osName, arch, subarch := first.OS(), first.Arch(), first.Subarch()
-		if subarch == "" {
-			subarch = "generic"
-		}
-		for _, f := range [][2]string{{"os", osName}, {"arch", arch}, {"subarch", subarch}} {
-			if !segmentRE.MatchString(f[1]) {
-				return nil, skipped, fmt.Errorf("%s: field %q is %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", what, f[0], f[1])
-			}
+		what := versionName(first)
+		osName, arch, subarch := first.OS(), first.Arch(), subarchOf(first)
+		if err := checkSegments(what, [][2]string{{"os", osName}, {"arch", arch}, {"subarch", subarch}}); err != nil {
+			return nil, skipped, err
 		}
 		r := plannedResource{resource: store.BootResource{Name: bootloaderPrefix + osName, Arch: arch + "/" + subarch, Kind: store.KindBootloader}}
 		for _, it := range its {
@@ -615,14 +582,54 @@ func planImport(items, loaders []simplestreams.Item, withLoaders bool) ([]planne
 		if len(r.archives) == 0 {
 			continue
 		}
-		id := r.resource.Name + " " + r.resource.Arch
-		if prev, dup := byName[id]; dup {
-			return nil, skipped, fmt.Errorf("%s and %s both become image %s", prev, what, id)
+		if err := add(what, r); err != nil {
+			return nil, skipped, err
 		}
-		byName[id] = what
-		plan = append(plan, r)
 	}
 	return plan, skipped, nil
+}
+
+// groupVersions groups items by product version (content, product and
+// version), the groups in the order their first item comes.
+func groupVersions(items []simplestreams.Item) [][]simplestreams.Item {
+	type key struct{ content, product, version string }
+	var groups [][]simplestreams.Item
+	index := map[key]int{}
+	for _, it := range items {
+		k := key{it.ContentID, it.ProductID, it.Version}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], it)
+	}
+	return groups
+}
+
+// versionName names the product version of it in errors and skip reasons.
+func versionName(it simplestreams.Item) string {
+	return fmt.Sprintf("product %q version %q", it.ProductID, it.Version)
+}
+
+// subarchOf is the item's subarch, "generic" when its product names none.
+func subarchOf(it simplestreams.Item) string {
+	if s := it.Subarch(); s != "" {
+		return s
+	}
+	return "generic"
+}
+
+// checkSegments checks that every {field, value} is a lowercase path
+// segment; the error names what (the product version) and the field.
+func checkSegments(what string, fields [][2]string) error {
+	for _, f := range fields {
+		if !segmentRE.MatchString(f[1]) {
+			return fmt.Errorf("%s: field %q is %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", what, f[0], f[1])
+		}
+	}
+	return nil
 }
 
 // unpack reads the fetched bootloader archives of one resource and stores

@@ -22,9 +22,6 @@ import (
 // cloud-init drop-in, as curtin does for MAAS) and, on every boot, read its user-data with
 // them. That read is the call back that makes the region mark a Deploying machine Deployed.
 
-// filesystems are tried in turn when mounting a partition of the written image.
-var filesystems = []string{"ext4", "vfat", "xfs", "btrfs"}
-
 // installDatasource makes the kernel read the new partition table of disk (a name in /dev)
 // and writes the drop-in at preseed.InstalledPath into the first partition that holds an
 // etc/cloud directory. It returns that partition's name; an error says why none got it (an
@@ -144,10 +141,11 @@ func waitForPartitions(root, disk string, wait time.Duration) []string {
 	}
 }
 
-// mountAny mounts dev on dir with the first filesystem type that works.
+// mountAny mounts dev on dir with the first filesystem type an installed system's root
+// commonly has that works.
 func mountAny(dev, dir string, flags uintptr) (string, error) {
 	var errs []string
-	for _, fs := range filesystems {
+	for _, fs := range []string{"ext4", "vfat", "xfs", "btrfs"} {
 		err := unix.Mount(dev, dir, fs, flags, "")
 		if err == nil {
 			return fs, nil

@@ -32,17 +32,7 @@ func (s *Site) WaitForEnlistment(ctx context.Context, vm *VM, loaders []string, 
 	if powerErr != nil {
 		vm.Stop()
 	}
-	// Racks send events in batches: give the last ones a moment to land.
-	var stepErr error
-	for range 20 {
-		var events []Event
-		if stepErr = s.CLIJSON(ctx, &events, "events", "list", "--mac", mac); stepErr == nil {
-			if stepErr = CheckSteps(events, EnlistmentSteps(mac, loaders...)); stepErr == nil {
-				break
-			}
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	stepErr := s.WaitForSteps(ctx, EnlistmentSteps(mac, loaders...), "--mac", mac)
 	if powerErr != nil || stepErr != nil {
 		return Machine{}, fmt.Errorf("%s did not enlist: %w\nlast serial console lines:\n%s",
 			vm.Name, errors.Join(stepErr, powerErr), vm.SerialTail(25))

@@ -74,7 +74,7 @@ func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool
 		t.Fatal(err)
 	}
 	got := waitForStatus(ctx, t, site, bmc, id, "Ready", 6*time.Minute)
-	waitPoweredOff(ctx, t, bmc, 2*time.Minute)
+	waitPower(ctx, t, bmc, false, 2*time.Minute)
 	if got.CPUCount != 1 || got.MemoryMB < 384 || got.MemoryMB > 512 || got.DiskCount != 1 || got.StorageBytes != diskSize ||
 		!slices.ContainsFunc(got.MACAddresses, func(a string) bool { return strings.EqualFold(a, mac) }) {
 		t.Fatalf("inventory after commissioning: %+v, want 1 CPU, 384-512 MiB, one %d-byte disk and MAC %s", got, diskSize, mac)
@@ -97,7 +97,7 @@ func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool
 	if bmc.Boots() != 3 {
 		t.Errorf("the BMC powered the machine on %d times by now, want 3 (enlist, commission, deploy: its reboot into the disk is the guest's own)", bmc.Boots())
 	}
-	checkEvents(ctx, t, site, id, []Step{
+	if err := site.WaitForSteps(ctx, []Step{
 		{"deploy asked", is(id, "STATUS_CHANGED", "Deploying")},
 		{"installer config", is(id, "BOOT_CONFIG", "purpose xinstall")},
 		{"kernel", is(id, "", "boot-kernel")},
@@ -106,7 +106,9 @@ func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool
 		{"netboot off", is(id, "NETBOOT_OFF", "")},
 		{"local boot config after the reboot", is(id, "BOOT_CONFIG", "purpose local")},
 		{"installed system called back", is(id, "STATUS_CHANGED", "Deployed")},
-	})
+	}, "--system-id", id); err != nil {
+		t.Fatal(err)
+	}
 	waitForConsole(ctx, t, bmc.Current(), "INSTALLED SYSTEM: fetched user-data", time.Minute)
 	checkBootedByLocalConfig(t, bmc.Current(), vm.Firmware)
 
@@ -114,11 +116,11 @@ func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool
 	if _, err := site.CLI(ctx, "machines", "power-off", id); err != nil {
 		t.Fatal(err)
 	}
-	waitPoweredOff(ctx, t, bmc, 2*time.Minute)
+	waitPower(ctx, t, bmc, false, 2*time.Minute)
 	if _, err := site.CLI(ctx, "machines", "power-on", id); err != nil {
 		t.Fatal(err)
 	}
-	waitPoweredOn(ctx, t, bmc, 2*time.Minute)
+	waitPower(ctx, t, bmc, true, 2*time.Minute)
 	waitForConsole(ctx, t, bmc.Current(), "INSTALLED SYSTEM: fetched user-data", 5*time.Minute)
 	checkBootedByLocalConfig(t, bmc.Current(), vm.Firmware)
 	var events []Event
@@ -160,12 +162,14 @@ func runLifecycle(t *testing.T, vm VMOptions, loaders []string, withRelease bool
 		t.Fatal(err)
 	}
 	waitForStatus(ctx, t, site, bmc, id, "Ready", 6*time.Minute)
-	waitPoweredOff(ctx, t, bmc, 2*time.Minute)
-	checkEvents(ctx, t, site, id, []Step{
+	waitPower(ctx, t, bmc, false, 2*time.Minute)
+	if err := site.WaitForSteps(ctx, []Step{
 		{"erase asked", is(id, "STATUS_CHANGED", "Disk erasing: quick erase")},
 		{"ephemeral boot", is(id, "BOOT_CONFIG", "purpose commissioning")},
 		{"erased", is(id, "STATUS_CHANGED", "Disk erasing → Ready: disks erased")},
-	})
+	}, "--system-id", id); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(disk)
 	if err != nil {
 		t.Fatal(err)
@@ -212,16 +216,7 @@ func waitForStatus(ctx context.Context, t *testing.T, site *Site, bmc *WebhookBM
 	}
 }
 
-func waitPoweredOff(ctx context.Context, t *testing.T, bmc *WebhookBMC, timeout time.Duration) {
-	t.Helper()
-	waitPower(ctx, t, bmc, false, timeout)
-}
-
-func waitPoweredOn(ctx context.Context, t *testing.T, bmc *WebhookBMC, timeout time.Duration) {
-	t.Helper()
-	waitPower(ctx, t, bmc, true, timeout)
-}
-
+// waitPower waits until the machine's power is on (or off).
 func waitPower(ctx context.Context, t *testing.T, bmc *WebhookBMC, on bool, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -246,23 +241,6 @@ func waitForConsole(ctx context.Context, t *testing.T, vm *VM, text string, time
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// checkEvents checks that the machine's events show steps in order (racks send theirs in
-// batches: the last ones get a moment to land).
-func checkEvents(ctx context.Context, t *testing.T, site *Site, id string, steps []Step) {
-	t.Helper()
-	var err error
-	for range 20 {
-		var events []Event
-		if err = site.CLIJSON(ctx, &events, "events", "list", "--system-id", id, "--limit", "5000"); err == nil {
-			if err = CheckSteps(events, steps); err == nil {
-				return
-			}
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Fatal(err)
 }
 
 func console(bmc *WebhookBMC) string {

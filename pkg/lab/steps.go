@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -84,4 +85,21 @@ func CheckSteps(events []Event, steps []Step) error {
 		}
 	}
 	return nil
+}
+
+// WaitForSteps checks that the events `ferrite events list FILTER...` (e.g. --mac MAC)
+// shows hold steps in order (CheckSteps). Racks send their events in batches, so it asks
+// again for up to 10 s before it reports the first step missing.
+func (s *Site) WaitForSteps(ctx context.Context, steps []Step, filter ...string) error {
+	var err error
+	for range 20 {
+		var events []Event
+		if err = s.CLIJSON(ctx, &events, append([]string{"events", "list", "--limit", "5000"}, filter...)...); err == nil {
+			if err = CheckSteps(events, steps); err == nil {
+				return nil
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return err
 }

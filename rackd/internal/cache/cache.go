@@ -425,18 +425,12 @@ func (c *Cache) Sync(ctx context.Context, files []*rackv1.BootFile) error {
 		return fmt.Errorf("list cache: %w", err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for sha := range c.failures {
 		if !keep[sha] {
 			delete(c.failures, sha)
 		}
 	}
 	removed := 0
-	defer func() {
-		if removed > 0 {
-			go c.changed() // not under c.mu
-		}
-	}()
 	for _, e := range entries {
 		name := e.Name()
 		sha := strings.TrimSuffix(name, partialSuffix)
@@ -449,6 +443,10 @@ func (c *Cache) Sync(ctx context.Context, files []*rackv1.BootFile) error {
 		}
 		removed++
 		c.log.Info("removed unreferenced boot resource", zap.String("file", name))
+	}
+	c.mu.Unlock()
+	if removed > 0 {
+		c.changed()
 	}
 	return errors.Join(errs...)
 }

@@ -377,43 +377,7 @@ Created:        2000-01-01T00:00:03Z
 			args:     []string{"machines", "set-ip", "--clear", "--mac", "52:54:00:12:34:57", "MACH01", "-o", "json"},
 			seed:     seedFixedAddress,
 			wantReqs: []apiRequest{{Method: "PUT", Path: "/api/v1/machines/MACH01/interfaces/52:54:00:12:34:57", Body: `{"ip":""}`}},
-			want: result{0, `{
-  "system_id": "MACH01",
-  "hostname": "ferrite-MACH01",
-  "status": "New",
-  "architecture": "amd64/generic",
-  "mac_addresses": [
-    "52:54:00:12:34:56",
-    "52:54:00:12:34:57"
-  ],
-  "interfaces": [
-    {
-      "mac": "52:54:00:12:34:56",
-      "ip": ""
-    },
-    {
-      "mac": "52:54:00:12:34:57",
-      "ip": ""
-    }
-  ],
-  "cpu_count": 2,
-  "memory_mb": 2048,
-  "hardware_uuid": "4c4c4544-0000-1000-8000-000000000001",
-  "created": "2000-01-01T00:00:03Z",
-  "power_type": "",
-  "power_parameters": {},
-  "power_state": "unknown",
-  "power_state_updated": "",
-  "netboot": true,
-  "deploy_image": "",
-  "user_data_size": 0,
-  "owner": "",
-  "previous_status": "",
-  "error_description": "",
-  "disk_count": 0,
-  "storage_bytes": 0
-}
-`, ""},
+			want:     result{0, machine1JSON, ""},
 		},
 		{
 			name:     `machines set-ip --ip "" clears`,
@@ -451,45 +415,9 @@ Created:        2000-01-01T00:00:03Z
 				"10.99.0.100-10.99.0.200 of 10.99.0.0/24: a fixed address must lie outside the DHCP pool (HTTP 400)\n"},
 		},
 		{
-			name: "machines show json",
-			args: []string{"machines", "show", "-o", "json", "MACH01"},
-			want: result{0, `{
-  "system_id": "MACH01",
-  "hostname": "ferrite-MACH01",
-  "status": "New",
-  "architecture": "amd64/generic",
-  "mac_addresses": [
-    "52:54:00:12:34:56",
-    "52:54:00:12:34:57"
-  ],
-  "interfaces": [
-    {
-      "mac": "52:54:00:12:34:56",
-      "ip": ""
-    },
-    {
-      "mac": "52:54:00:12:34:57",
-      "ip": ""
-    }
-  ],
-  "cpu_count": 2,
-  "memory_mb": 2048,
-  "hardware_uuid": "4c4c4544-0000-1000-8000-000000000001",
-  "created": "2000-01-01T00:00:03Z",
-  "power_type": "",
-  "power_parameters": {},
-  "power_state": "unknown",
-  "power_state_updated": "",
-  "netboot": true,
-  "deploy_image": "",
-  "user_data_size": 0,
-  "owner": "",
-  "previous_status": "",
-  "error_description": "",
-  "disk_count": 0,
-  "storage_bytes": 0
-}
-`, ""},
+			name:     "machines show json",
+			args:     []string{"machines", "show", "-o", "json", "MACH01"},
+			want:     result{0, machine1JSON, ""},
 			wantReqs: []apiRequest{{Method: "GET", Path: "/api/v1/machines/MACH01"}},
 		},
 		{
@@ -796,3 +724,42 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+// machine1JSON is `machines show -o json MACH01` of the inventory seed without fixed addresses.
+const machine1JSON = `{
+  "system_id": "MACH01",
+  "hostname": "ferrite-MACH01",
+  "status": "New",
+  "architecture": "amd64/generic",
+  "mac_addresses": [
+    "52:54:00:12:34:56",
+    "52:54:00:12:34:57"
+  ],
+  "interfaces": [
+    {
+      "mac": "52:54:00:12:34:56",
+      "ip": ""
+    },
+    {
+      "mac": "52:54:00:12:34:57",
+      "ip": ""
+    }
+  ],
+  "cpu_count": 2,
+  "memory_mb": 2048,
+  "hardware_uuid": "4c4c4544-0000-1000-8000-000000000001",
+  "created": "2000-01-01T00:00:03Z",
+  "power_type": "",
+  "power_parameters": {},
+  "power_state": "unknown",
+  "power_state_updated": "",
+  "netboot": true,
+  "deploy_image": "",
+  "user_data_size": 0,
+  "owner": "",
+  "previous_status": "",
+  "error_description": "",
+  "disk_count": 0,
+  "storage_bytes": 0
+}
+`

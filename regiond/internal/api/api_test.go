@@ -123,7 +123,7 @@ func (e *testEnv) addImage(t testing.TB, name, arch string) store.BootResource {
 	t.Helper()
 	ctx := ctxT(t)
 	var files []store.BootFile
-	for _, f := range []string{fileKernel, fileInitrd} {
+	for _, f := range []string{store.FileKernel, store.FileInitrd} {
 		sum, size, err := e.store.PutBlob(ctx, strings.NewReader(name+" "+arch+" "+f))
 		if err != nil {
 			t.Fatal(err)

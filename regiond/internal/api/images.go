@@ -17,8 +17,6 @@ import (
 
 // Boot resource file names and kind for uploaded kernel+initrd images.
 const (
-	fileKernel         = "boot-kernel"
-	fileInitrd         = "boot-initrd"
 	kindKernelInitrd   = "kernel-initrd"
 	kindBootloader     = "bootloader"
 	maxImageFieldBytes = 256
@@ -203,10 +201,10 @@ func (s *Server) uploadImage(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			s.metrics.uploadedBytes.Add(size)
-			filename := fileKernel
+			filename := store.FileKernel
 			switch name {
 			case "initrd":
-				filename = fileInitrd
+				filename = store.FileInitrd
 			case store.FileRootDD:
 				filename = store.FileRootDD
 			}

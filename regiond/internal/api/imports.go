@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -54,21 +55,15 @@ type importJSON struct {
 }
 
 func importOut(im store.Import) importJSON {
-	j := importJSON{
+	return importJSON{
 		ID: im.ID, Source: im.Source, State: im.State, Error: im.Error,
 		Filter: importFilterJSON{OS: im.Filter.OS, Release: im.Filter.Release, Arch: im.Filter.Arch, Subarch: im.Filter.Subarch,
 			Bootloaders: im.Filter.Bootloaders},
 		BytesDone: im.BytesDone, BytesTotal: im.BytesTotal, FilesDone: im.FilesDone, FilesTotal: im.FilesTotal,
 		Current: im.Current, Resources: nonNil(im.Resources), Skipped: nonNil(im.Skipped),
 		Region: im.Region, Attempts: im.Attempts, Created: rfc3339(im.Created),
+		Started: rfc3339(im.Started), Finished: rfc3339(im.Finished), // "" (absent) while zero
 	}
-	if !im.Started.IsZero() {
-		j.Started = rfc3339(im.Started)
-	}
-	if !im.Finished.IsZero() {
-		j.Finished = rfc3339(im.Finished)
-	}
-	return j
 }
 
 type createImportRequest struct {
@@ -108,7 +103,7 @@ func parseImport(req createImportRequest) (string, store.ImportFilter, error) {
 	}
 	f := store.ImportFilter{OS: req.OS, Release: req.Release, Arch: req.Arch, Subarch: req.Subarch, Bootloaders: req.Bootloaders}
 	for _, kv := range [][2]string{{"os", f.OS}, {"release", f.Release}, {"arch", f.Arch}, {"subarch", f.Subarch}} {
-		if kv[1] != "" && !filterValueRE(kv[1]) {
+		if kv[1] != "" && !filterValueRE.MatchString(kv[1]) {
 			problems = append(problems, fmt.Sprintf("%s: %q: lowercase letters, digits, '.', '_' or '-' (at most 64)", kv[0], kv[1]))
 		}
 	}
@@ -118,18 +113,9 @@ func parseImport(req createImportRequest) (string, store.ImportFilter, error) {
 	return source, f, nil
 }
 
-func filterValueRE(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i, c := range []byte(s) {
-		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '.' || c == '_' || c == '-')
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
+// filterValueRE is what a filter field must be: a lowercase path segment,
+// as image names and arches take.
+var filterValueRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
 // createImport answers POST /api/v1/images/imports with 202 and the queued
 // import; the region holding the import lock runs it.

@@ -28,10 +28,6 @@ const (
 	ConfigCommissioningImage = "commissioning_image"
 	ConfigKernelOpts         = "kernel_opts"
 
-	// Boot resource file names.
-	FileKernel = "boot-kernel"
-	FileInitrd = "boot-initrd"
-
 	// EventBootConfig is recorded for every GetBootConfig call.
 	EventBootConfig = "BOOT_CONFIG"
 )
@@ -284,14 +280,14 @@ func (s *Server) commissioningImage(ctx context.Context, name, arch, subarch str
 	var kernel, initrd *store.BootFile
 	for i := range pick.Files {
 		switch pick.Files[i].Filename {
-		case FileKernel:
+		case store.FileKernel:
 			kernel = &pick.Files[i]
-		case FileInitrd:
+		case store.FileInitrd:
 			initrd = &pick.Files[i]
 		}
 	}
 	if kernel == nil || initrd == nil {
-		return zero, zf, zf, noImage(fmt.Sprintf(" (image %q %s lacks %s or %s)", name, pick.Arch, FileKernel, FileInitrd))
+		return zero, zf, zf, noImage(fmt.Sprintf(" (image %q %s lacks %s or %s)", name, pick.Arch, store.FileKernel, store.FileInitrd))
 	}
 	return *pick, *kernel, *initrd, nil
 }

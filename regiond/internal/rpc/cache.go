@@ -43,7 +43,7 @@ func (s *Server) ReportCache(ctx context.Context, req *rackv1.ReportCacheRequest
 		r.RackTime = time.Unix(0, n)
 	}
 	for i, f := range req.GetFiles() {
-		if !isSHA256Hex(f.GetSha256()) {
+		if !store.ValidSHA256(f.GetSha256()) {
 			return nil, status.Errorf(codes.InvalidArgument, "files[%d].sha256: want 64 lowercase hex digits", i)
 		}
 		if f.GetSize() < 0 {

@@ -195,7 +195,7 @@ func (s *Server) FetchFile(req *rackv1.FetchFileRequest, stream grpc.ServerStrea
 		return err
 	}
 	log := s.log.With(zap.String("rack", rk.ID), zap.String("sha256", req.GetSha256()))
-	if !isSHA256Hex(req.GetSha256()) {
+	if !store.ValidSHA256(req.GetSha256()) {
 		return status.Error(codes.InvalidArgument, "sha256: want 64 lowercase hex digits")
 	}
 	if req.GetOffset() < 0 {
@@ -246,18 +246,6 @@ func (s *Server) FetchFile(req *rackv1.FetchFileRequest, stream grpc.ServerStrea
 		return status.Error(codes.DataLoss, "file failed its integrity check on the region")
 	}
 	return nil
-}
-
-func isSHA256Hex(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // Limits on what SendEvents accepts.

@@ -399,8 +399,8 @@ func hmacSHA256(key, msg []byte) []byte {
 // kernel and a 20-byte initrd.
 func setupImage(t testing.TB, st *store.Store) (kernel, initrd store.BootFile) {
 	t.Helper()
-	kernel = putBlob(t, st, FileKernel, []byte("kernel 10b"))
-	initrd = putBlob(t, st, FileInitrd, []byte("initrd of 20 bytes.."))
+	kernel = putBlob(t, st, store.FileKernel, []byte("kernel 10b"))
+	initrd = putBlob(t, st, store.FileInitrd, []byte("initrd of 20 bytes.."))
 	if kernel.Size != 10 || initrd.Size != 20 {
 		t.Fatalf("blob sizes %d and %d, want 10 and 20", kernel.Size, initrd.Size)
 	}
@@ -568,8 +568,8 @@ func TestWatchConfigSendsAtOnceAndOnChange(t *testing.T) {
 		Subnets: []*rackv1.Subnet{{Cidr: "10.0.0.0/24", Gateway: "10.0.0.1", DnsServers: []string{"10.0.0.1"}, Domain: "lab",
 			Mtu: store.DefaultMTU, DynamicRanges: []*rackv1.IPRange{{Start: "10.0.0.100", End: "10.0.0.200"}}}},
 		BootFiles: []*rackv1.BootFile{
-			{Sha256: kernel.SHA256, Size: 10, Filename: FileKernel},
-			{Sha256: initrd.SHA256, Size: 20, Filename: FileInitrd},
+			{Sha256: kernel.SHA256, Size: 10, Filename: store.FileKernel},
+			{Sha256: initrd.SHA256, Size: 20, Filename: store.FileInitrd},
 		},
 	}
 	slices.SortFunc(want.BootFiles, func(a, b *rackv1.BootFile) int { return strings.Compare(a.Sha256, b.Sha256) })

@@ -39,7 +39,8 @@ const DefaultKind = "kernel-initrd"
 // every rack at the root of its TFTP and HTTP trees under their filenames.
 const KindBootloader = "bootloader"
 
-func validSHA256(s string) bool {
+// ValidSHA256 reports whether s is a sha256 in lowercase hex, as blobs are named.
+func ValidSHA256(s string) bool {
 	if len(s) != 64 {
 		return false
 	}
@@ -139,7 +140,7 @@ func (s *Store) BlobExists(ctx context.Context, sha256hex string) (bool, error) 
 // offset beyond the size is ErrInvalid.
 func (s *Store) OpenBlob(ctx context.Context, sha256hex string, offset int64) (io.ReadCloser, int64, error) {
 	sha := strings.ToLower(sha256hex)
-	if !validSHA256(sha) {
+	if !ValidSHA256(sha) {
 		return nil, 0, fmt.Errorf("blob %q: not a sha256: %w", sha256hex, ErrNotFound)
 	}
 	br := &blobReader{ctx: ctx, s: s, sha: sha, pos: offset}

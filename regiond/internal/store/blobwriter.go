@@ -54,7 +54,7 @@ type BlobWriter struct {
 // A complete blob with this sha256 needs no writer: check BlobExists first.
 func (s *Store) ResumeBlob(ctx context.Context, sha256hex string, size, importID int64) (*BlobWriter, error) {
 	sha := strings.ToLower(sha256hex)
-	if !validSHA256(sha) {
+	if !ValidSHA256(sha) {
 		return nil, fmt.Errorf("resume blob %q: not a sha256: %w", sha256hex, ErrInvalid)
 	}
 	if size < 0 {
@@ -299,6 +299,13 @@ type CollectedBlob struct {
 	Complete bool
 }
 
+// collectableSQL is the condition (on blobs b, grace in seconds as $1) under
+// which CollectBlobs may delete a blob: it both selects and re-checks with it.
+const collectableSQL = `b.touched < now() - make_interval(secs => $1)
+	AND (b.sha256 IS NULL OR NOT EXISTS (SELECT 1 FROM boot_resource_files f WHERE f.sha256 = b.sha256))
+	AND (b.import_id IS NULL OR NOT EXISTS (SELECT 1 FROM image_imports i
+		WHERE i.id = b.import_id AND i.state IN ('queued', 'running')))`
+
 // CollectBlobs deletes the blobs no boot resource file references, that
 // belong to no queued or running import, and that no writer produced or
 // reused within grace (so an upload between PutBlob and SaveBootResource
@@ -306,13 +313,7 @@ type CollectedBlob struct {
 // It returns what it deleted. Each blob goes in its own statement: one that
 // a resource references meanwhile stays (the foreign key refuses).
 func (s *Store) CollectBlobs(ctx context.Context, grace time.Duration) ([]CollectedBlob, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT b.id FROM blobs b
-		WHERE b.touched < now() - make_interval(secs => $1)
-			AND (b.sha256 IS NULL OR NOT EXISTS (SELECT 1 FROM boot_resource_files f WHERE f.sha256 = b.sha256))
-			AND (b.import_id IS NULL OR NOT EXISTS (SELECT 1 FROM image_imports i
-				WHERE i.id = b.import_id AND i.state IN ('queued', 'running')))
-		ORDER BY b.id`, grace.Seconds())
+	rows, err := s.pool.Query(ctx, "SELECT b.id FROM blobs b WHERE "+collectableSQL+" ORDER BY b.id", grace.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("collect blobs: %w", err)
 	}
@@ -324,12 +325,8 @@ func (s *Store) CollectBlobs(ctx context.Context, grace time.Duration) ([]Collec
 	for _, id := range ids {
 		var c CollectedBlob
 		var sha *string
-		err := s.pool.QueryRow(ctx, `
-			DELETE FROM blobs b WHERE b.id = $1 AND b.touched < now() - make_interval(secs => $2)
-				AND (b.sha256 IS NULL OR NOT EXISTS (SELECT 1 FROM boot_resource_files f WHERE f.sha256 = b.sha256))
-				AND (b.import_id IS NULL OR NOT EXISTS (SELECT 1 FROM image_imports i
-					WHERE i.id = b.import_id AND i.state IN ('queued', 'running')))
-			RETURNING id, sha256, size, complete`, id, grace.Seconds()).Scan(&c.ID, &sha, &c.Size, &c.Complete)
+		err := s.pool.QueryRow(ctx, "DELETE FROM blobs b WHERE b.id = $2 AND "+collectableSQL+
+			" RETURNING id, sha256, size, complete", grace.Seconds(), id).Scan(&c.ID, &sha, &c.Size, &c.Complete)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows), pgCode(err) == codeForeignKey:
 			continue // used again meanwhile

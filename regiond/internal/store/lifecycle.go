@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ferrite-metal/ferrite/pkg/preseed"
 )
 
 // Machine states: MAAS's NODE_STATUS display names, the values of
@@ -235,20 +237,16 @@ type ActionRequest struct {
 	UserData []byte
 }
 
-// Erase modes of release --erase / --quick-erase (machines.erase_mode).
-const (
-	EraseFull  = "full"
-	EraseQuick = "quick"
-)
-
-// EraseMode is how a machine in Disk erasing erases its disks.
+// EraseMode is how a machine in Disk erasing erases its disks
+// (machines.erase_mode): preseed.EraseFull or preseed.EraseQuick, the values
+// the agent's erase job takes.
 func (s *Store) EraseMode(ctx context.Context, systemID string) (string, error) {
 	var mode *string
 	if err := s.pool.QueryRow(ctx, "SELECT erase_mode FROM machines WHERE system_id = $1", systemID).Scan(&mode); err != nil {
 		return "", notFound(err, "machine "+systemID)
 	}
 	if mode == nil {
-		return EraseFull, nil
+		return preseed.EraseFull, nil
 	}
 	return *mode, nil
 }
@@ -355,10 +353,13 @@ func setPrevious(ctx context.Context, tx pgx.Tx, r *lifecycleRow, prev string) e
 func (r lifecycleRow) hasPower() bool { return r.powerType != "" && r.powerType != "manual" }
 
 // KindRootDD is the boot resource kind of a raw disk image that deploy
-// writes to the machine's disk; its one file is FileRootDD.
+// writes to the machine's disk; its one file is FileRootDD. FileKernel and
+// FileInitrd are the files of a kernel-initrd resource (DefaultKind).
 const (
 	KindRootDD = "root-dd"
 	FileRootDD = "root-dd"
+	FileKernel = "boot-kernel"
+	FileInitrd = "boot-initrd"
 )
 
 // ApplyAction carries out an operator's action on a machine in one
@@ -471,9 +472,9 @@ func applyAction(ctx context.Context, tx pgx.Tx, r *lifecycleRow, req ActionRequ
 			return "", fmt.Errorf("clear owner and user-data: %w", err)
 		}
 		if req.Erase || req.QuickErase {
-			mode := EraseFull
+			mode := preseed.EraseFull
 			if req.QuickErase {
-				mode = EraseQuick
+				mode = preseed.EraseQuick
 			}
 			if _, err := tx.Exec(ctx, "UPDATE machines SET erase_mode = $2 WHERE system_id = $1", r.systemID, mode); err != nil {
 				return "", fmt.Errorf("set erase mode: %w", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ferrite-metal/ferrite/pkg/preseed"
 	"github.com/ferrite-metal/ferrite/regiond/internal/store"
 )
 
@@ -249,7 +250,7 @@ func TestLifecycleWalk(t *testing.T) {
 	if got.Owner != "" || !got.Netboot {
 		t.Errorf("released machine still owned by %q, netboot %v", got.Owner, got.Netboot)
 	}
-	if mode, err := s.EraseMode(ctx, m.SystemID); err != nil || mode != store.EraseQuick {
+	if mode, err := s.EraseMode(ctx, m.SystemID); err != nil || mode != preseed.EraseQuick {
 		t.Errorf("erase mode %q, %v; want quick", mode, err)
 	}
 	if _, err := s.Transition(ctx, m.SystemID, store.StatusDiskErasing, store.StatusReady, "disks erased"); err != nil {

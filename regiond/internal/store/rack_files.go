@@ -42,7 +42,7 @@ func (s *Store) SaveCacheReport(ctx context.Context, rackID string, r CacheRepor
 	byHash := map[string]CachedFile{}
 	for _, f := range r.Files {
 		f.SHA256 = strings.ToLower(f.SHA256)
-		if !validSHA256(f.SHA256) {
+		if !ValidSHA256(f.SHA256) {
 			return fmt.Errorf("cache report of rack %s: file %q: not a sha256: %w", rackID, f.SHA256, ErrInvalid)
 		}
 		if f.Size < 0 {
